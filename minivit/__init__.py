@@ -1,0 +1,24 @@
+"""minivit: the helper package of the minivit course (transformers in computer vision).
+
+Each chapter of the course adds a module:
+
+1. ``minivit.conv``: convolution by hand, a small CNN
+2. ``minivit.attention``, ``minivit.transformer``: attention and the encoder block
+3. ``minivit.vit``: the Vision Transformer
+4. ``minivit.data``, ``minivit.train``: CIFAR-10 and the training loop
+5. ``minivit.boxes``, ``minivit.detr``: DETR
+6. ``minivit.matching``: Hungarian matching and the set loss
+7. ``minivit.viz``: attention maps
+"""
+from minivit.runtime import PROFILES, by_profile, data_dir, describe, get_device, get_profile, seed_everything
+
+__version__ = "0.1.0"
+__all__ = [
+    "PROFILES",
+    "by_profile",
+    "data_dir",
+    "describe",
+    "get_device",
+    "get_profile",
+    "seed_everything",
+]
