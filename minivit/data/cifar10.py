@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from minivit.runtime import data_dir
 
@@ -60,8 +61,6 @@ def load_image_folder(root: str | Path, classes: tuple[str, ...] | None = None, 
     Class folders are taken in ``classes`` order (default: sorted folder names);
     all images must have the same size.
     """
-    from torchvision.io import ImageReadMode, decode_image, read_file
-
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist")
@@ -77,15 +76,17 @@ def load_image_folder(root: str | Path, classes: tuple[str, ...] | None = None, 
     if not files:
         raise FileNotFoundError(f"no .jpg or .png images under {root}/<class>/")
 
-    def decode(path: Path) -> torch.Tensor:
-        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)  # (3, H, W) uint8
+    def decode(path: Path) -> np.ndarray:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))  # (H, W, 3) uint8
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # decoding releases the GIL
-        images = list(pool.map(decode, files, chunksize=256))
-    shapes = {tuple(img.shape) for img in images}
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL releases the GIL while decoding
+        images = list(pool.map(decode, files))
+    shapes = {img.shape for img in images}
     if len(shapes) != 1:
         raise ValueError(f"images under {root} have different sizes {sorted(shapes)[:4]}; resize them to one size first")
-    return ImageSet(torch.stack(images), torch.tensor(labels, dtype=torch.int64), classes)
+    stacked = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()  # (N, H, W, 3) -> (N, 3, H, W)
+    return ImageSet(stacked, torch.tensor(labels, dtype=torch.int64), classes)
 
 
 def _missing_cifar10_message(root: Path, split: str, reason: str) -> str:
