@@ -1,0 +1,332 @@
+"""Chapter 3: the Vision Transformer (ViT), from patches to logits.
+
+An image (B, C, H, W) is cut into N = (H/P)(W/P) patches of P x P pixels, each patch is
+mapped linearly to a D-dimensional token, a class token is prepended (or the tokens are
+averaged at the end), position embeddings are added, and the pre-norm encoder of chapter 2
+does the rest::
+
+    images (B, C, H, W) -> patches (B, N, D) -> [cls; patches] + pos (B, T, D)
+                        -> Encoder -> norm -> token 0 or mean (B, D) -> head (B, classes)
+
+The layout of the parameters matches torchvision's ``VisionTransformer`` one to one, so its
+weights load into this model (:func:`load_torchvision_weights`) and give the same outputs.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from minivit.transformer import Encoder, sinusoidal_position_encoding
+
+POOLS = ("cls", "mean")
+POS_EMBEDS = ("learned", "sincos2d", "none")
+
+
+def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Cut images (B, C, H, W) into flattened patches (B, N, P*P*C), row by row.
+
+    Each patch is flattened pixel by pixel with the channels last: (row, column, channel).
+    A linear layer on these vectors is the same map as ``PatchEmbedding`` (a strided
+    convolution), with the weight ``conv.weight.permute(0, 2, 3, 1).reshape(D, P*P*C)``.
+    """
+    batch, channels, height, width = _check_image_batch(images, patch_size)
+    rows, cols = height // patch_size, width // patch_size
+    patches = images.reshape(batch, channels, rows, patch_size, cols, patch_size)  # (B, C, rows, P, cols, P)
+    patches = patches.permute(0, 2, 4, 3, 5, 1)  # (B, rows, cols, P, P, C)
+    return patches.reshape(batch, rows * cols, patch_size * patch_size * channels)  # (B, N, P*P*C)
+
+
+def _check_image_batch(images: torch.Tensor, patch_size: int, in_channels: int | None = None) -> tuple[int, ...]:
+    if images.dim() != 4:
+        raise ValueError(f"expected a batch of images (B, C, H, W), got shape {tuple(images.shape)}")
+    batch, channels, height, width = images.shape
+    if in_channels is not None and channels != in_channels:
+        raise ValueError(
+            f"expected images with {in_channels} channels, got {channels} (shape {tuple(images.shape)}); "
+            f"convert them (e.g. grayscale -> RGB) or build the model with in_channels={channels}"
+        )
+    if height % patch_size or width % patch_size:
+        raise ValueError(
+            f"image size {height}x{width} is not divisible by the patch size {patch_size}; "
+            f"resize or crop the images to a multiple of {patch_size}"
+        )
+    return batch, channels, height, width
+
+
+class PatchEmbedding(nn.Module):
+    """Patches to tokens with one strided convolution (kernel = stride = P): (B, C, H, W) -> (B, N, D)."""
+
+    def __init__(self, patch_size: int, in_channels: int, dim: int):
+        super().__init__()
+        self.patch_size, self.in_channels, self.dim = patch_size, in_channels, dim
+        self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        _check_image_batch(images, self.patch_size, self.in_channels)
+        tokens = self.proj(images)  # (B, D, H/P, W/P)
+        return tokens.flatten(2).transpose(1, 2)  # (B, N, D), patches row by row
+
+
+def sincos_2d_position_embedding(grid_h: int, grid_w: int, dim: int, base: float = 10000.0) -> torch.Tensor:
+    """Fixed 2D sin-cos position embeddings (grid_h * grid_w, dim), patches row by row.
+
+    The first half of the channels encodes the row with chapter 2's 1D sinusoidal encoding,
+    the second half the column (as in MoCo v3 and MAE).
+    """
+    if dim % 4 != 0:
+        raise ValueError(f"dim must be divisible by 4 for 2D sin-cos embeddings (sin/cos for rows and columns), got {dim}")
+    rows = sinusoidal_position_encoding(grid_h, dim // 2, base)  # (grid_h, D/2)
+    cols = sinusoidal_position_encoding(grid_w, dim // 2, base)  # (grid_w, D/2)
+    grid = torch.cat(
+        [rows[:, None, :].expand(grid_h, grid_w, dim // 2), cols[None, :, :].expand(grid_h, grid_w, dim // 2)], dim=-1
+    )  # (grid_h, grid_w, D)
+    return grid.reshape(grid_h * grid_w, dim)
+
+
+class ViT(nn.Module):
+    """Vision Transformer: patch embedding, class token, position embeddings, pre-norm encoder, head."""
+
+    def __init__(
+        self,
+        image_size: int = 32,
+        patch_size: int = 4,
+        in_channels: int = 3,
+        num_classes: int = 10,
+        dim: int = 192,
+        depth: int = 6,
+        num_heads: int = 3,
+        mlp_dim: int = 384,
+        dropout: float = 0.0,
+        attn_dropout: float = 0.0,
+        pool: str = "cls",
+        pos_embed: str = "learned",
+        norm_eps: float = 1e-6,
+    ):
+        super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+        if pos_embed not in POS_EMBEDS:
+            raise ValueError(f"pos_embed must be one of {POS_EMBEDS}, got {pos_embed!r}")
+        if image_size % patch_size:
+            raise ValueError(f"image_size={image_size} is not divisible by patch_size={patch_size}")
+        self.config = dict(
+            image_size=image_size, patch_size=patch_size, in_channels=in_channels, num_classes=num_classes,
+            dim=dim, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim, dropout=dropout,
+            attn_dropout=attn_dropout, pool=pool, pos_embed=pos_embed, norm_eps=norm_eps,
+        )
+        self.image_size, self.patch_size, self.pool = image_size, patch_size, pool
+        self.grid_size = image_size // patch_size
+        self.num_patches = self.grid_size**2
+        self.num_tokens = self.num_patches + (1 if pool == "cls" else 0)  # T
+
+        self.patch_embed = PatchEmbedding(patch_size, in_channels, dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if pool == "cls" else None
+        if pos_embed == "learned":
+            self.pos_embed = nn.Parameter(torch.empty(1, self.num_tokens, dim))
+        elif pos_embed == "sincos2d":  # fixed, rebuilt from the config: not saved in checkpoints
+            table = sincos_2d_position_embedding(self.grid_size, self.grid_size, dim)  # (N, D)
+            if pool == "cls":
+                table = torch.cat([torch.zeros(1, dim), table])  # the class token gets no position
+            self.register_buffer("pos_embed", table[None], persistent=False)  # (1, T, D)
+        else:
+            self.pos_embed = None
+        self.dropout = nn.Dropout(dropout)
+        self.encoder = Encoder(dim, depth, num_heads, mlp_dim, dropout, attn_dropout, norm_eps)
+        self.head = nn.Linear(dim, num_classes)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialization as in torchvision's ViT (itself from the original JAX code)."""
+        fan_in = self.patch_embed.proj.in_channels * self.patch_size**2
+        nn.init.trunc_normal_(self.patch_embed.proj.weight, std=math.sqrt(1.0 / fan_in))
+        nn.init.zeros_(self.patch_embed.proj.bias)
+        if isinstance(self.pos_embed, nn.Parameter):
+            nn.init.normal_(self.pos_embed, std=0.02)
+        for block in self.encoder.blocks:
+            nn.init.xavier_uniform_(block.attn.qkv.weight)  # as nn.MultiheadAttention
+            nn.init.zeros_(block.attn.qkv.bias)
+            nn.init.zeros_(block.attn.proj.bias)
+            for linear in (block.mlp.fc1, block.mlp.fc2):
+                nn.init.xavier_uniform_(linear.weight)
+                nn.init.normal_(linear.bias, std=1e-6)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> input tokens of the encoder (B, T, D)."""
+        _check_image_batch(images, self.patch_size, self.patch_embed.in_channels)
+        if images.shape[-2:] != (self.image_size, self.image_size):
+            raise ValueError(
+                f"this ViT expects {self.image_size}x{self.image_size} images (its position embeddings have "
+                f"{self.num_patches} patches), got {images.shape[-2]}x{images.shape[-1]}; resize the images"
+            )
+        tokens = self.patch_embed(images)  # (B, N, D)
+        if self.cls_token is not None:
+            tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)  # (B, T, D)
+        if self.pos_embed is not None:
+            tokens = tokens + self.pos_embed
+        return self.dropout(tokens)
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The encoder's output tokens after the final norm: (B, T, D)."""
+        return self.encoder(self.embed(images))
+
+    def pool_and_classify(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, T, D) -> logits (B, num_classes), from the class token or the mean of all tokens."""
+        pooled = tokens[:, 0] if self.pool == "cls" else tokens.mean(dim=1)  # (B, D)
+        return self.head(pooled)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.pool_and_classify(self.forward_features(images))
+
+    def forward_with_attention(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, classes) and every layer's attention weights (depth, B, H, T, T)."""
+        tokens, attn_weights = self.encoder.forward_with_attention(self.embed(images))
+        return self.pool_and_classify(tokens), attn_weights
+
+
+# Named configurations. The CIFAR entries are the chapter-4 recipe's models.
+CONFIGS: dict[str, dict] = {
+    "vit_b_16": dict(image_size=224, patch_size=16, num_classes=1000, dim=768, depth=12, num_heads=12, mlp_dim=3072),
+    "vit_b_32": dict(image_size=224, patch_size=32, num_classes=1000, dim=768, depth=12, num_heads=12, mlp_dim=3072),
+    "vit_l_16": dict(image_size=224, patch_size=16, num_classes=1000, dim=1024, depth=24, num_heads=16, mlp_dim=4096),
+    "vit_cifar_small": dict(image_size=32, patch_size=4, num_classes=10, dim=192, depth=6, num_heads=3, mlp_dim=384),
+}
+
+
+def build_vit(name: str, **overrides) -> ViT:
+    """A ViT of a named configuration (see ``CONFIGS``), with any constructor argument overridden."""
+    if name not in CONFIGS:
+        raise ValueError(f"unknown ViT configuration {name!r}; choose one of {', '.join(CONFIGS)}")
+    return ViT(**{**CONFIGS[name], **overrides})
+
+
+# torchvision key (with {i} for the layer) -> minivit key
+_TORCHVISION_KEYS = {
+    "class_token": "cls_token",
+    "conv_proj.weight": "patch_embed.proj.weight",
+    "conv_proj.bias": "patch_embed.proj.bias",
+    "encoder.pos_embedding": "pos_embed",
+    "encoder.ln.weight": "encoder.norm.weight",
+    "encoder.ln.bias": "encoder.norm.bias",
+    "heads.head.weight": "head.weight",
+    "heads.head.bias": "head.bias",
+}
+_TORCHVISION_LAYER_KEYS = {
+    "ln_1": "norm1",
+    "self_attention.in_proj_weight": "attn.qkv.weight",
+    "self_attention.in_proj_bias": "attn.qkv.bias",
+    "self_attention.out_proj": "attn.proj",
+    "ln_2": "norm2",
+    "mlp.0": "mlp.fc1",
+    "mlp.3": "mlp.fc2",
+    "mlp.linear_1": "mlp.fc1",  # names of torchvision < 0.13
+    "mlp.linear_2": "mlp.fc2",
+}
+_LAYER_KEY = re.compile(r"encoder\.layers\.encoder_layer_(\d+)\.(.+)")
+
+
+def _torchvision_key_to_minivit(key: str) -> str | None:
+    if key in _TORCHVISION_KEYS:
+        return _TORCHVISION_KEYS[key]
+    match = _LAYER_KEY.fullmatch(key)
+    if match is None:
+        return None
+    layer, rest = match.groups()
+    for old, new in _TORCHVISION_LAYER_KEYS.items():
+        if rest == old or rest.startswith(old + "."):
+            return f"encoder.blocks.{layer}.{new}{rest[len(old):]}"
+    return None
+
+
+def convert_torchvision_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a torchvision ``VisionTransformer`` state dict to minivit's keys (shapes unchanged).
+
+    Keys that have no counterpart (e.g. ``heads.pre_logits``, or a ResNet's) keep their names
+    prefixed with ``unmapped:`` so that :func:`load_torchvision_weights` can name them.
+    """
+    converted = {}
+    for key, value in state_dict.items():
+        new_key = _torchvision_key_to_minivit(key)
+        converted[new_key if new_key is not None else f"unmapped:{key}"] = value
+    return converted
+
+
+def _shape(tensor) -> tuple[int, ...]:
+    return tuple(tensor.shape)
+
+
+def load_torchvision_weights(model: ViT, state_dict: Mapping[str, torch.Tensor]) -> ViT:
+    """Load a torchvision ``VisionTransformer`` state dict into ``model`` (in place); returns the model.
+
+    Raises ``ValueError`` naming every missing, unexpected and wrongly shaped key when the
+    state dict belongs to another configuration (e.g. ``vit_b_32``) or another architecture.
+    """
+    if model.pool != "cls" or not isinstance(model.pos_embed, nn.Parameter):
+        raise ValueError(
+            "torchvision's VisionTransformer uses a class token and learned position embeddings; "
+            f"build the ViT with pool='cls', pos_embed='learned' (got pool={model.pool!r}, "
+            f"pos_embed={model.config['pos_embed']!r})"
+        )
+    if hasattr(state_dict, "state_dict") and callable(state_dict.state_dict):
+        raise ValueError("pass a state dict (tv_model.state_dict()) or use vit_from_torchvision(tv_model)")
+    converted = convert_torchvision_state_dict(state_dict)
+    target = model.state_dict()
+    missing = [key for key in target if key not in converted]
+    unexpected = [key.removeprefix("unmapped:") for key in converted if key not in target]
+    mismatched = [
+        f"{key}: checkpoint {_shape(converted[key])} vs model {_shape(target[key])}"
+        for key in target
+        if key in converted and _shape(converted[key]) != _shape(target[key])
+    ]
+    if missing or unexpected or mismatched:
+        def listing(items, limit=8):
+            shown = ", ".join(items[:limit])
+            return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+        problems = []
+        if mismatched:
+            problems.append(f"{len(mismatched)} shape mismatch(es): {listing(mismatched)}")
+        if missing:
+            problems.append(f"{len(missing)} missing key(s) (minivit names): {listing(missing)}")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected key(s) (torchvision names): {listing(unexpected)}")
+        raise ValueError(
+            f"state dict does not fit this ViT (config {model.config}): " + "; ".join(problems)
+            + ". Is it a torchvision VisionTransformer of the same configuration? "
+            "vit_from_torchvision(tv_model) builds the matching ViT."
+        )
+    model.load_state_dict(converted)
+    return model
+
+
+def vit_from_torchvision(tv_model: nn.Module) -> ViT:
+    """A minivit ViT with the configuration and weights of a torchvision ``VisionTransformer``."""
+    from torchvision.models import VisionTransformer
+
+    if not isinstance(tv_model, VisionTransformer):
+        raise ValueError(f"expected a torchvision VisionTransformer, got {type(tv_model).__name__}")
+    if tv_model.representation_size is not None:
+        raise ValueError(
+            f"torchvision ViTs with a pre-logits layer (representation_size={tv_model.representation_size}) "
+            "are not supported: minivit's head is a single Linear layer"
+        )
+    first_layer = tv_model.encoder.layers[0]
+    model = ViT(
+        image_size=tv_model.image_size,
+        patch_size=tv_model.patch_size,
+        in_channels=tv_model.conv_proj.in_channels,
+        num_classes=tv_model.num_classes,
+        dim=tv_model.hidden_dim,
+        depth=len(tv_model.encoder.layers),
+        num_heads=first_layer.num_heads,
+        mlp_dim=tv_model.mlp_dim,
+        dropout=tv_model.dropout,
+        attn_dropout=tv_model.attention_dropout,
+        norm_eps=tv_model.encoder.ln.eps,
+    )
+    return load_torchvision_weights(model, tv_model.state_dict())
