@@ -1,0 +1,603 @@
+"""Chapter 7: what attention looks at, as numbers and pictures.
+
+Shapes: L layers, H heads, T tokens (prefix tokens such as the class token first, then the
+N = gh * gw patches row by row), B images, Q object queries of DETR.
+
+* :func:`capture_attention`: every layer's and head's weights of a ViT, (L, B, H, T, T), from
+  the model's weight-returning path ``forward_with_attention`` (no hooks, no patching);
+* :func:`class_token_maps`, :func:`attention_rollout` (Abnar & Zuidema, 2020);
+* :func:`mean_attention_distance` (ViT paper, Fig. 7 right), :func:`position_embedding_similarity`
+  (Fig. 7 centre), :func:`patch_embedding_components` (Fig. 7 left);
+* :func:`cross_layer_similarity`: attention collapse across depth (DeepViT, Zhou et al. 2021);
+* :func:`detr_encoder_attention_at`, :func:`detr_cross_attention_maps`: DETR's maps;
+* :class:`ViTAttentionExplorer`, :class:`DETRAttentionExplorer`: ipywidgets 8 explorers whose
+  callbacks are plain methods (testable without a browser).
+"""
+from __future__ import annotations
+
+import io
+import math
+import time
+from collections.abc import Callable, Sequence
+
+import matplotlib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision.utils import draw_bounding_boxes
+
+# ----------------------------------------------------------------------------- capture
+
+
+def _num_prefix_tokens(model) -> int:
+    """Tokens before the patches (1 for a class token, 0 for mean pooling)."""
+    return model.num_tokens - model.num_patches
+
+
+@torch.no_grad()
+def capture_attention(model, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run a ViT once and return ``(logits (B, classes), attention (L, B, H, T, T))``.
+
+    Uses ``model.forward_with_attention``, the written-out attention path that returns its
+    softmax weights; the model is put in eval mode so that no dropout touches the weights.
+    """
+    if not hasattr(model, "forward_with_attention"):
+        raise ValueError(f"{type(model).__name__} has no forward_with_attention(images); pass a minivit ViT")
+    if images.dim() == 3:
+        images = images[None]
+    if images.dim() != 4 or images.dtype == torch.uint8:
+        raise ValueError(
+            f"expected preprocessed float images (B, C, H, W), got dtype {images.dtype} and shape "
+            f"{tuple(images.shape)}; convert uint8 images with the model's preprocessing first"
+        )
+    model.eval()
+    logits, attention = model.forward_with_attention(images)
+    return logits, attention  # (B, classes), (L, B, H, T, T)
+
+
+def _check_square(attention: torch.Tensor, name: str = "attention") -> None:
+    if attention.dim() < 2 or attention.shape[-1] != attention.shape[-2]:
+        raise ValueError(f"{name} must end in (T, T) (queries x keys), got shape {tuple(attention.shape)}")
+
+
+def _check_grid(num_patches: int, grid_size: tuple[int, int]) -> tuple[int, int]:
+    grid_h, grid_w = (grid_size, grid_size) if isinstance(grid_size, int) else tuple(grid_size)
+    if grid_h * grid_w != num_patches:
+        raise ValueError(
+            f"a {grid_h}x{grid_w} patch grid has {grid_h * grid_w} patches but the attention has {num_patches} "
+            f"patch tokens; check grid_size and num_prefix_tokens"
+        )
+    return grid_h, grid_w
+
+
+# ----------------------------------------------------------------------------- maps
+
+
+def class_token_maps(attention: torch.Tensor, grid_size, query_index: int = 0, num_prefix_tokens: int = 1) -> torch.Tensor:
+    """The attention of one query token (default: the class token) over the patches.
+
+    attention (..., T, T) -> (..., gh, gw): row ``query_index``, patch columns only (the
+    weight on the prefix tokens is left out, so a map need not sum to one).
+    """
+    _check_square(attention)
+    grid_h, grid_w = _check_grid(attention.shape[-1] - num_prefix_tokens, grid_size)
+    row = attention[..., query_index, num_prefix_tokens:]  # (..., N)
+    return row.reshape(*row.shape[:-1], grid_h, grid_w)
+
+
+def upsample_maps(maps: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Bilinearly upsample maps (..., gh, gw) to the image size (..., H, W)."""
+    lead = maps.shape[:-2]
+    flat = maps.reshape(-1, 1, *maps.shape[-2:]).float()
+    resized = F.interpolate(flat, size=size, mode="bilinear", align_corners=False)
+    return resized.reshape(*lead, *resized.shape[-2:])
+
+
+def attention_rollout(attention: torch.Tensor, head_fusion: str = "mean", residual: bool = True) -> torch.Tensor:
+    """Attention rollout (Abnar & Zuidema, 2020) through all layers: attention (L, [B,] H, T, T) -> ([B,] T, T).
+
+    Per layer the heads are fused (mean, or max), the residual connection is accounted for
+    by ``0.5 * A + 0.5 * I``, rows are renormalized to sum to one, and the layers are chained
+    by matrix products, last layer on the left: ``R = A_L ... A_2 A_1``. Row ``i`` of ``R`` says
+    how much input token ``j`` flows into output token ``i``.
+    """
+    return attention_rollout_per_layer(attention, head_fusion, residual)[-1]
+
+
+def attention_rollout_per_layer(attention: torch.Tensor, head_fusion: str = "mean", residual: bool = True) -> torch.Tensor:
+    """The rollout up to every layer: (L, [B,] H, T, T) -> (L, [B,] T, T); entry ``l`` is ``A_l ... A_1``."""
+    _check_square(attention)
+    if attention.dim() not in (4, 5):
+        raise ValueError(f"attention must be (L, H, T, T) or (L, B, H, T, T), got shape {tuple(attention.shape)}")
+    if head_fusion == "mean":
+        fused = attention.mean(dim=-3)  # (L, [B,] T, T)
+    elif head_fusion == "max":
+        fused = attention.amax(dim=-3)
+    else:
+        raise ValueError(f"head_fusion must be 'mean' or 'max', got {head_fusion!r}")
+    if residual:
+        eye = torch.eye(fused.shape[-1], dtype=fused.dtype, device=fused.device)
+        fused = 0.5 * fused + 0.5 * eye
+    fused = fused / fused.sum(dim=-1, keepdim=True)
+    rollouts, joint = [], None
+    for layer_attention in fused:
+        joint = layer_attention if joint is None else layer_attention @ joint
+        rollouts.append(joint)
+    return torch.stack(rollouts)
+
+
+# ----------------------------------------------------------------------------- ViT paper, Fig. 7
+
+
+def patch_distance_matrix(grid_size, patch_size: float) -> torch.Tensor:
+    """Euclidean distance in pixels between the centres of every two patches: (N, N)."""
+    grid_h, grid_w = (grid_size, grid_size) if isinstance(grid_size, int) else tuple(grid_size)
+    rows, cols = torch.meshgrid(torch.arange(grid_h), torch.arange(grid_w), indexing="ij")
+    centres = torch.stack([rows.flatten(), cols.flatten()], dim=1).float() * patch_size  # (N, 2)
+    return torch.cdist(centres, centres)  # (N, N)
+
+
+def mean_attention_distance(attention: torch.Tensor, grid_size, patch_size: float, num_prefix_tokens: int = 1) -> torch.Tensor:
+    """Mean attention distance in pixels, the ViT paper's "attention distance" (Fig. 7, right).
+
+    For each query patch: the distance to every key patch, weighted by the attention
+    (renormalized over the patches, so the weight on the class token does not count), then
+    averaged over the query patches. attention (..., T, T) -> (...), e.g. (L, B, H) -> mean
+    over B for the (L, H) plot.
+    """
+    _check_square(attention)
+    num_patches = attention.shape[-1] - num_prefix_tokens
+    grid = _check_grid(num_patches, grid_size)
+    patch_attention = attention[..., num_prefix_tokens:, num_prefix_tokens:]  # (..., N, N)
+    patch_attention = patch_attention / patch_attention.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+    distances = patch_distance_matrix(grid, patch_size).to(attention)  # (N, N)
+    per_query = (patch_attention * distances).sum(dim=-1)  # (..., N)
+    return per_query.mean(dim=-1)
+
+
+def position_embedding_similarity(pos_embed: torch.Tensor, grid_size, num_prefix_tokens: int = 1) -> torch.Tensor:
+    """Cosine similarity of each patch's position embedding with every other: (gh, gw, gh, gw).
+
+    ``result[r, c]`` is the (gh, gw) map of patch (r, c), as in the ViT paper's Fig. 7 (centre).
+    """
+    if pos_embed is None:
+        raise ValueError("this model has no position embeddings (pos_embed='none')")
+    table = pos_embed.detach().reshape(-1, pos_embed.shape[-1])[num_prefix_tokens:]  # (N, D)
+    grid_h, grid_w = _check_grid(table.shape[0], grid_size)
+    unit = F.normalize(table.float(), dim=-1)
+    return (unit @ unit.T).reshape(grid_h, grid_w, grid_h, grid_w)
+
+
+def patch_embedding_components(proj_weight: torch.Tensor, num_components: int = 28) -> tuple[torch.Tensor, torch.Tensor]:
+    """Principal components of the patch-projection filters (ViT paper Fig. 7, left).
+
+    proj_weight (D, C, P, P) (the strided convolution's weight: one filter per embedding
+    channel) -> components (k, C, P, P) and the fraction of variance each explains (k,).
+    Each component's sign is chosen so that its largest entry is positive.
+    """
+    if proj_weight.dim() != 4:
+        raise ValueError(f"expected a Conv2d weight (D, C, P, P), got shape {tuple(proj_weight.shape)}")
+    filters = proj_weight.detach().flatten(1).double()  # (D, C*P*P)
+    max_components = min(filters.shape)
+    if not 1 <= num_components <= max_components:
+        raise ValueError(f"num_components must be between 1 and {max_components}, got {num_components}")
+    centred = filters - filters.mean(dim=0)
+    _, singular_values, vh = torch.linalg.svd(centred, full_matrices=False)  # vh (r, C*P*P)
+    explained = singular_values**2 / (singular_values**2).sum()
+    components = vh[:num_components]
+    signs = torch.sign(components.gather(1, components.abs().argmax(dim=1, keepdim=True)))  # (k, 1)
+    components = components * signs
+    return components.reshape(num_components, *proj_weight.shape[1:]).float(), explained[:num_components].float()
+
+
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """Scale each image (..., C, H, W) to [0, 1] by its own minimum and maximum (for display)."""
+    flat = images.flatten(-3)
+    low, high = flat.amin(dim=-1, keepdim=True), flat.amax(dim=-1, keepdim=True)
+    return ((flat - low) / (high - low).clamp_min(1e-12)).reshape(images.shape)
+
+
+def cross_layer_similarity(attention: torch.Tensor) -> torch.Tensor:
+    """DeepViT's cross-layer similarity of attention maps: attention (L, [B,] H, T, T) -> (L, L).
+
+    ``M[p, q]`` is the cosine similarity between column ``t`` of head ``h`` in layer ``p`` and in
+    layer ``q`` (how token ``t`` is attended to), averaged over heads, tokens (and images).
+    Values near one between neighbouring deep layers are DeepViT's "attention collapse".
+    """
+    _check_square(attention)
+    if attention.dim() not in (4, 5):
+        raise ValueError(f"attention must be (L, H, T, T) or (L, B, H, T, T), got shape {tuple(attention.shape)}")
+    columns = F.normalize(attention.transpose(-1, -2).float(), dim=-1)  # (L, [B,] H, T keys, T queries)
+    columns = columns.reshape(columns.shape[0], -1, columns.shape[-1])  # (L, M, T): M = [B*]H*T columns
+    return torch.einsum("pmt,qmt->pqm", columns, columns).mean(dim=-1)  # (L, L)
+
+
+# ----------------------------------------------------------------------------- DETR
+
+
+def detr_encoder_attention_at(
+    encoder_attention: torch.Tensor, feature_size: tuple[int, int], reference: tuple[int, int], layer: int = -1, image_index: int = 0
+) -> torch.Tensor:
+    """DETR encoder self-attention of one reference pixel of the feature map: (h, w), mean over heads.
+
+    encoder_attention: (L, B, H, h*w, h*w) (a list of per-layer (B, H, h*w, h*w) is stacked);
+    reference: (row, column) on the feature map.
+    """
+    if isinstance(encoder_attention, (list, tuple)):
+        encoder_attention = torch.stack(list(encoder_attention))
+    height, width = feature_size
+    row, col = reference
+    if not (0 <= row < height and 0 <= col < width):
+        raise ValueError(f"reference {reference} lies outside the {height}x{width} feature map")
+    if encoder_attention.dim() != 5 or encoder_attention.shape[-1] != height * width:
+        raise ValueError(
+            f"encoder attention must be (layers, B, heads, {height * width}, {height * width}), "
+            f"got shape {tuple(encoder_attention.shape)}"
+        )
+    weights = encoder_attention[layer, image_index, :, row * width + col]  # (H, h*w)
+    return weights.mean(dim=0).reshape(height, width)
+
+
+def detr_cross_attention_maps(
+    decoder_cross: torch.Tensor, feature_size: tuple[int, int], layer: int = -1, image_index: int = 0
+) -> torch.Tensor:
+    """Each object query's cross-attention over the feature map, mean over heads: (Q, h, w).
+
+    decoder_cross: (L, B, H, Q, h*w) from ``DETR.forward_with_attention``.
+    """
+    if isinstance(decoder_cross, (list, tuple)):
+        decoder_cross = torch.stack(list(decoder_cross))
+    height, width = feature_size
+    if decoder_cross.dim() != 5 or decoder_cross.shape[-1] != height * width:
+        raise ValueError(
+            f"decoder cross-attention must be (layers, B, heads, queries, {height * width}), "
+            f"got shape {tuple(decoder_cross.shape)}"
+        )
+    weights = decoder_cross[layer, image_index].mean(dim=0)  # (Q, h*w)
+    return weights.reshape(-1, height, width)
+
+
+# ----------------------------------------------------------------------------- images for display
+
+
+def _as_hwc_uint8(image: torch.Tensor) -> np.ndarray:
+    """A (3, H, W) uint8 tensor or float tensor in [0, 1] -> (H, W, 3) uint8 array."""
+    if image.dim() != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(f"expected one image (C, H, W) with 1 or 3 channels, got shape {tuple(image.shape)}")
+    if image.dtype != torch.uint8:
+        image = (image.float().clamp(0, 1) * 255).round().to(torch.uint8)
+    return image.expand(3, -1, -1).permute(1, 2, 0).cpu().numpy()
+
+
+def overlay_heatmap(
+    image: torch.Tensor, heatmap: torch.Tensor, size: int = 256, alpha: float = 0.6, cmap: str = "inferno"
+) -> np.ndarray:
+    """The image (C, H, W) enlarged to size x size with a min-max scaled heatmap (h, w) on top: (size, size, 3) uint8."""
+    base = enlarge(image, size).astype(np.float32) / 255  # (size, size, 3)
+    heat = upsample_maps(heatmap.detach().float().cpu(), (size, size)).numpy()
+    heat = (heat - heat.min()) / max(float(heat.max() - heat.min()), 1e-12)
+    colored = matplotlib.colormaps[cmap](heat)[..., :3]  # (size, size, 3)
+    blended = (1 - alpha) * base + alpha * colored
+    return (blended.clip(0, 1) * 255).round().astype(np.uint8)
+
+
+def enlarge(image: torch.Tensor, size: int = 256) -> np.ndarray:
+    """An image (C, H, W) enlarged to (size, size, 3) uint8 with nearest-neighbour pixels."""
+    return np.asarray(Image.fromarray(_as_hwc_uint8(image)).resize((size, size), Image.NEAREST))
+
+
+def draw_boxes(image_hwc: np.ndarray, boxes_xyxy: torch.Tensor, labels: Sequence[str] | None = None, colors="lime", width: int = 2) -> np.ndarray:
+    """Draw boxes (K, 4) in pixel xyxy on an (H, W, 3) uint8 array (torchvision's draw_bounding_boxes)."""
+    canvas = torch.from_numpy(np.array(image_hwc, dtype=np.uint8)).permute(2, 0, 1)  # a writable copy
+    if len(boxes_xyxy):
+        canvas = draw_bounding_boxes(canvas, boxes_xyxy.float(), labels=list(labels) if labels else None, colors=colors, width=width)
+    return canvas.permute(1, 2, 0).numpy()
+
+
+def png_bytes(image_hwc: np.ndarray) -> bytes:
+    """Encode an (H, W, 3) uint8 array as PNG (fast compression) for an ``ipywidgets.Image``."""
+    buffer = io.BytesIO()
+    Image.fromarray(image_hwc).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def image_from_bytes(data: bytes, size: int) -> torch.Tensor:
+    """Decode an uploaded image file, centre-crop it to a square and resize: (3, size, size) uint8."""
+    try:
+        picture = Image.open(io.BytesIO(bytes(data))).convert("RGB")
+    except Exception as error:  # PIL raises several types for bad files
+        raise ValueError(f"could not read the uploaded file as an image ({error}); upload a PNG or JPEG") from error
+    side = min(picture.size)
+    left, top = (picture.width - side) // 2, (picture.height - side) // 2
+    picture = picture.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1)
+
+
+# ----------------------------------------------------------------------------- explorers
+
+HEAD_MEAN, HEAD_ROLLOUT = "mean of heads", "rollout"
+QUERY_CLASS_TOKEN, QUERY_PATCH = "class token", "patch"
+ALL_ABOVE_THRESHOLD = "all above threshold"
+
+
+def _default_preprocess(images: torch.Tensor) -> torch.Tensor:
+    return images.float() / 255
+
+
+class ViTAttentionExplorer:
+    """Explore a ViT's attention: image, layer, head (or their mean, or rollout) and query token.
+
+    ``images`` (N, 3, H, W) uint8 are the picker's choices (an upload adds one more);
+    ``preprocess`` turns uint8 images into the model's input. Per image, one forward pass
+    stores every layer's and head's weights, their head mean and the rollout up to each
+    layer, so a widget change only slices, colours and encodes a small map. The callbacks
+    are ordinary methods: set ``explorer.layer.value = 2`` and ``explorer.picture.value``
+    (PNG bytes) changes, with or without a browser.
+    """
+
+    def __init__(
+        self,
+        model,
+        images: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        class_names: Sequence[str] | None = None,
+        preprocess: Callable[[torch.Tensor], torch.Tensor] = _default_preprocess,
+        display_size: int = 256,
+    ):
+        import ipywidgets as widgets
+
+        if images.dim() != 4 or images.dtype != torch.uint8 or len(images) == 0:
+            raise ValueError(f"images must be a non-empty uint8 batch (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+        self.model, self.images, self.labels = model.eval(), images, labels
+        self.class_names, self.preprocess, self.display_size = class_names, preprocess, display_size
+        self.num_prefix_tokens = _num_prefix_tokens(model)
+        self.grid_size, self.patch_size = model.grid_size, model.patch_size
+        depth, num_heads = model.config["depth"], model.config["num_heads"]
+        grid = self.grid_size
+
+        self.image_picker = widgets.Dropdown(
+            options=[(self._image_name(i), i) for i in range(len(images))], description="image"
+        )
+        self.upload = widgets.FileUpload(accept="image/*", multiple=False, description="upload")
+        self.layer = widgets.IntSlider(value=depth - 1, min=0, max=depth - 1, description="layer")
+        self.head = widgets.Dropdown(
+            options=[HEAD_MEAN, HEAD_ROLLOUT] + [f"head {h}" for h in range(num_heads)], description="head"
+        )
+        query_options = ([QUERY_CLASS_TOKEN] if self.num_prefix_tokens else []) + [QUERY_PATCH]
+        self.query = widgets.ToggleButtons(options=query_options, description="query")
+        self.row = widgets.IntSlider(value=grid // 2, min=0, max=grid - 1, description="patch row")
+        self.col = widgets.IntSlider(value=grid // 2, min=0, max=grid - 1, description="patch column")
+        self.picture = widgets.Image(format="png", width=2 * display_size, height=display_size)
+        self.caption = widgets.HTML()
+        for widget, name in ((self.layer, "layer"), (self.row, "row"), (self.col, "col"), (self.picture, "picture")):
+            widget.add_class(f"minivit-vit-{name}")  # stable handles for the browser test
+
+        self.image_picker.observe(self._on_pick, names="value")
+        self.upload.observe(self._on_upload, names="value")
+        for widget in (self.layer, self.head, self.query):
+            widget.observe(self.redraw, names="value")
+        for widget in (self.row, self.col):
+            widget.observe(self._on_patch, names="value")
+        self.widget = widgets.VBox([
+            widgets.HBox([self.image_picker, self.upload]),
+            widgets.HBox([self.layer, self.head]),
+            self.query,
+            widgets.HBox([self.row, self.col]),
+            self.picture,
+            self.caption,
+        ])
+        self.last_redraw_seconds = float("nan")
+        self.set_image(images[0], self._image_name(0))
+
+    def _image_name(self, index: int) -> str:
+        if self.labels is None:
+            return f"test image {index}"
+        label = int(self.labels[index])
+        return f"test image {index}: {self.class_names[label] if self.class_names else label}"
+
+    # --- per image: one forward pass, everything a redraw needs
+    def set_image(self, image: torch.Tensor, name: str) -> None:
+        """Make ``image`` (3, H, W) uint8 the current image: run the model once and redraw."""
+        logits, attention = capture_attention(self.model, self.preprocess(image[None]))
+        self.image, self.image_label = image, name
+        self.probabilities = logits.softmax(dim=-1)[0]  # (classes,)
+        self.attention = attention[:, 0].float()  # (L, H, T, T)
+        self.head_mean = self.attention.mean(dim=1)  # (L, T, T)
+        self.rollout = attention_rollout_per_layer(self.attention)  # (L, T, T)
+        self.redraw()
+
+    def _on_pick(self, change) -> None:
+        index = change["new"]
+        self.set_image(self.images[index], self._image_name(index))
+
+    def _on_upload(self, change) -> None:
+        files = change["new"]
+        if not files:
+            return
+        upload = files[-1]
+        try:
+            image = image_from_bytes(upload["content"], self.model.image_size)
+        except ValueError as error:
+            self.caption.value = f"<b>upload failed:</b> {error}"
+            return
+        self.set_image(image, f"upload: {upload['name']}")
+
+    def _on_patch(self, change) -> None:
+        if self.query.value != QUERY_PATCH:
+            self.query.value = QUERY_PATCH  # choosing a patch makes it the query (this redraws)
+        else:
+            self.redraw()
+
+    # --- per change: slice, colour, encode
+    def query_index(self) -> int:
+        """The token whose attention row is shown."""
+        if self.query.value == QUERY_CLASS_TOKEN:
+            return 0
+        return self.num_prefix_tokens + self.row.value * self.grid_size + self.col.value
+
+    def current_map(self) -> torch.Tensor:
+        """The (gh, gw) map the widgets select."""
+        layer, head = self.layer.value, self.head.value
+        if head == HEAD_MEAN:
+            matrix = self.head_mean[layer]
+        elif head == HEAD_ROLLOUT:
+            matrix = self.rollout[layer]
+        else:
+            matrix = self.attention[layer, int(head.split()[-1])]
+        return class_token_maps(matrix, self.grid_size, self.query_index(), self.num_prefix_tokens)
+
+    def render(self) -> np.ndarray:
+        """The picture: the image (query patch framed) beside the attention map over it: (S, 2S, 3) uint8."""
+        size = self.display_size
+        left = enlarge(self.image, size)
+        if self.query.value == QUERY_PATCH:
+            cell = size / self.grid_size
+            box = torch.tensor([[self.col.value * cell, self.row.value * cell, (self.col.value + 1) * cell, (self.row.value + 1) * cell]])
+            left = draw_boxes(left, box, colors="cyan", width=3)
+        right = overlay_heatmap(self.image, self.current_map(), size)
+        return np.concatenate([left, right], axis=1)
+
+    def redraw(self, change=None) -> None:
+        """Recompute the picture and caption from the widgets (every widget's callback)."""
+        start = time.perf_counter()
+        attention_map = self.current_map()
+        self.picture.value = png_bytes(self.render())
+        self.last_redraw_seconds = time.perf_counter() - start
+        self.caption.value = self.describe_current(attention_map).replace("\n", "<br>")
+
+    def describe_current(self, attention_map: torch.Tensor | None = None) -> str:
+        attention_map = self.current_map() if attention_map is None else attention_map
+        top = int(self.probabilities.argmax())
+        predicted = self.class_names[top] if self.class_names else str(top)
+        peak_row, peak_col = divmod(int(attention_map.argmax()), self.grid_size)
+        query = "class token" if self.query.value == QUERY_CLASS_TOKEN else f"patch (row {self.row.value}, column {self.col.value})"
+        return (
+            f"{self.image_label}; predicted {predicted} ({self.probabilities[top]:.0%})\n"
+            f"layer {self.layer.value}, {self.head.value}, query {query}: strongest on patch "
+            f"(row {peak_row}, column {peak_col}), weight {attention_map.max():.3f}"
+        )
+
+    def summary(self) -> str:
+        """A plain-text account of the explorer (what a run without a front end prints)."""
+        layers, heads, tokens, _ = self.attention.shape
+        return (
+            f"ViT attention explorer: {len(self.images)} images to pick (or upload one), {layers} layers x "
+            f"{heads} heads, {tokens} tokens ({self.grid_size}x{self.grid_size} patches of {self.patch_size} px"
+            f"{' + class token' if self.num_prefix_tokens else ''}).\n"
+            + self.describe_current()
+            + f"\nlast redraw took {self.last_redraw_seconds * 1000:.0f} ms"
+        )
+
+    def show(self) -> None:
+        """Display the widgets (JupyterLab, Colab) and print the plain summary (seen everywhere)."""
+        from IPython.display import display
+
+        display(self.widget)
+        print(self.summary())
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def plot_map_grid(image: torch.Tensor, maps: torch.Tensor, row_labels: Sequence[str], col_labels: Sequence[str], title: str, size: int = 96):
+    """Heatmaps (rows, cols, gh, gw) over one image, one small panel each; returns the figure."""
+    import matplotlib.pyplot as plt
+
+    rows, cols = maps.shape[:2]
+    figure, axes = plt.subplots(rows, cols + 1, figsize=(1.5 * (cols + 1), 1.5 * rows + 0.6), squeeze=False)
+    for r in range(rows):
+        axes[r, 0].imshow(enlarge(image, size))
+        axes[r, 0].set_ylabel(row_labels[r], rotation=0, ha="right", va="center")
+        for c in range(cols):
+            axes[r, c + 1].imshow(overlay_heatmap(image, maps[r, c], size))
+            if r == 0:
+                axes[r, c + 1].set_title(col_labels[c], fontsize=9)
+    for axis in axes.flat:
+        axis.set_xticks([]), axis.set_yticks([])
+    axes[0, 0].set_title("image", fontsize=9)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def plot_mean_attention_distance(distances: dict[str, torch.Tensor], image_size: int):
+    """One panel per model: each head's mean attention distance (pixels) against its layer (ViT Fig. 7 right)."""
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(distances), figsize=(4.5 * len(distances), 3.6), sharey=True, squeeze=False)
+    for axis, (name, per_layer_head) in zip(axes[0], distances.items()):
+        layers, heads = per_layer_head.shape
+        for head in range(heads):
+            axis.scatter(torch.arange(layers), per_layer_head[:, head], s=18, label=f"head {head}")
+        axis.plot(torch.arange(layers), per_layer_head.mean(dim=1), color="black", lw=1, label="mean of heads")
+        axis.set_title(name)
+        axis.set_xlabel("layer (network depth)")
+        axis.set_xticks(range(layers))
+        axis.set_ylim(0, image_size * 0.8)
+    axes[0, 0].set_ylabel("mean attention distance (pixels)")
+    axes[0, -1].legend(fontsize=7, loc="lower right")
+    figure.suptitle(f"Mean attention distance per head ({image_size}x{image_size}-pixel images)")
+    figure.tight_layout()
+    return figure
+
+
+def plot_position_similarity(similarity: torch.Tensor):
+    """The (gh, gw) grid of (gh, gw) cosine-similarity maps of the position embeddings (ViT Fig. 7 centre)."""
+    import matplotlib.pyplot as plt
+
+    grid_h, grid_w = similarity.shape[:2]
+    figure, axes = plt.subplots(grid_h, grid_w, figsize=(0.8 * grid_w + 1.2, 0.8 * grid_h + 0.6))
+    for r in range(grid_h):
+        for c in range(grid_w):
+            shown = axes[r, c].imshow(similarity[r, c], vmin=-1, vmax=1, cmap="viridis")
+            axes[r, c].set_xticks([]), axes[r, c].set_yticks([])
+        axes[r, 0].set_ylabel(str(r), rotation=0, ha="right", va="center")
+    for c in range(grid_w):
+        axes[-1, c].set_xlabel(str(c))
+    figure.supxlabel("input patch column")
+    figure.supylabel("input patch row")
+    figure.suptitle("Position embedding similarity (cosine)")
+    figure.colorbar(shown, ax=axes, shrink=0.6, label="cosine similarity")
+    return figure
+
+
+def plot_patch_components(components: torch.Tensor, explained: torch.Tensor, title: str):
+    """Principal components of the patch filters (k, 3, P, P) drawn as RGB patches (ViT Fig. 7 left)."""
+    import matplotlib.pyplot as plt
+
+    count = len(components)
+    cols = min(count, 7)
+    rows = math.ceil(count / cols)
+    figure, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.45 * rows + 0.5), squeeze=False)
+    pictures = to_unit_range(components)
+    for index, axis in enumerate(axes.flat):
+        axis.set_xticks([]), axis.set_yticks([])
+        if index < count:
+            axis.imshow(pictures[index].permute(1, 2, 0).numpy(), interpolation="nearest")
+            axis.set_title(f"PC{index + 1} {explained[index]:.0%}", fontsize=8)
+        else:
+            axis.axis("off")
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def plot_cross_layer_similarity(similarity: torch.Tensor, title: str):
+    """DeepViT's cross-layer similarity: the (L, L) matrix and each layer's similarity with the next."""
+    import matplotlib.pyplot as plt
+
+    layers = similarity.shape[0]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
+    shown = left.imshow(similarity, vmin=0, vmax=1, cmap="magma")
+    left.set_xlabel("layer q"), left.set_ylabel("layer p"), left.set_title("cosine similarity of attention maps")
+    left.set_xticks(range(layers)), left.set_yticks(range(layers))
+    figure.colorbar(shown, ax=left, label="similarity")
+    neighbours = similarity.diagonal(offset=1)
+    right.plot(range(layers - 1), neighbours, marker="o")
+    right.set_ylim(0, 1.05)
+    right.set_xticks(range(layers - 1), [f"{p}-{p + 1}" for p in range(layers - 1)])
+    right.set_xlabel("layer pair (p, p+1)"), right.set_ylabel("similarity"), right.set_title("each layer vs. the next")
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure

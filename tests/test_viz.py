@@ -1,0 +1,198 @@
+"""minivit.viz: attention capture, rollout, attention distance, Fig. 7 analyses, explorers."""
+import datetime
+import io
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from minivit import viz
+from minivit.vit import ViT
+
+NOW = datetime.datetime.now(datetime.timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def small_vit():
+    torch.manual_seed(0)
+    return ViT(image_size=32, patch_size=8, dim=32, depth=3, num_heads=2, mlp_dim=64).eval()
+
+
+@pytest.fixture(scope="module")
+def images():
+    generator = torch.Generator().manual_seed(1)
+    return torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8, generator=generator)
+
+
+def test_capture_attention_shapes_and_rows(small_vit, images):
+    inputs = images.float() / 255
+    logits, attention = viz.capture_attention(small_vit, inputs)
+    assert attention.shape == (3, 3, 2, 17, 17)  # (layers, B, heads, 1 + 4*4 tokens, tokens)
+    torch.testing.assert_close(attention.sum(dim=-1), torch.ones(3, 3, 2, 17))
+    torch.testing.assert_close(logits, small_vit(inputs))  # the weight path is the model's own forward
+
+
+def test_capture_attention_rejects_uint8(small_vit, images):
+    with pytest.raises(ValueError, match="preprocess"):
+        viz.capture_attention(small_vit, images)
+
+
+def test_rollout_hand_made_two_layers():
+    # layer 1: heads [[1,0],[1,0]] and [[1,0],[0,1]] -> mean [[1,0],[.5,.5]]; layer 2: [[.5,.5],[1,0]] (one head twice)
+    layer1 = torch.tensor([[[1.0, 0.0], [1.0, 0.0]], [[1.0, 0.0], [0.0, 1.0]]])
+    layer2 = torch.tensor([[[0.5, 0.5], [1.0, 0.0]]] * 2)
+    attention = torch.stack([layer1, layer2])  # (L=2, H=2, T=2, T=2)
+    # with the residual: A1 = .5 W1 + .5 I = [[1,0],[.25,.75]], A2 = [[.75,.25],[.5,.5]]; R = A2 @ A1
+    expected = torch.tensor([[0.8125, 0.1875], [0.625, 0.375]])
+    torch.testing.assert_close(viz.attention_rollout(attention), expected)
+    per_layer = viz.attention_rollout_per_layer(attention)
+    torch.testing.assert_close(per_layer[0], torch.tensor([[1.0, 0.0], [0.25, 0.75]]))
+    # without the residual: W2 @ W1 = [[.75,.25],[1,0]]
+    torch.testing.assert_close(viz.attention_rollout(attention, residual=False), torch.tensor([[0.75, 0.25], [1.0, 0.0]]))
+    # a batch dimension gives the same per image
+    batched = torch.stack([attention, attention], dim=1)  # (L, B, H, T, T)
+    torch.testing.assert_close(viz.attention_rollout(batched), torch.stack([expected, expected]))
+
+
+def test_rollout_rows_sum_to_one(small_vit, images):
+    _, attention = viz.capture_attention(small_vit, images.float() / 255)
+    rollout = viz.attention_rollout(attention)
+    assert rollout.shape == (3, 17, 17)
+    torch.testing.assert_close(rollout.sum(dim=-1), torch.ones(3, 17))
+    with pytest.raises(ValueError, match="head_fusion"):
+        viz.attention_rollout(attention, head_fusion="min")
+
+
+def test_mean_attention_distance_known_pattern():
+    # 2x2 patches of 4 px plus a class token (T = 5)
+    head_neighbour = torch.zeros(5, 5)
+    head_neighbour[:, 0] = 0.5  # half the weight on the class token: left out and renormalized
+    for query, neighbour in ((0, 1), (1, 0), (2, 3), (3, 2)):  # self and the horizontal neighbour
+        head_neighbour[1 + query, 1 + query] = 0.25
+        head_neighbour[1 + query, 1 + neighbour] = 0.25
+    head_uniform = torch.full((5, 5), 0.2)
+    attention = torch.stack([head_neighbour, head_uniform])  # (H, T, T)
+    distance = viz.mean_attention_distance(attention, grid_size=2, patch_size=4)
+    # neighbour head: 0.5 * 0 + 0.5 * 4 px = 2 px; uniform head: (0 + 4 + 4 + 4*sqrt(2)) / 4 = 2 + sqrt(2) px
+    torch.testing.assert_close(distance, torch.tensor([2.0, 2.0 + math.sqrt(2.0)]))
+
+
+def test_patch_distance_matrix():
+    distances = viz.patch_distance_matrix((2, 3), patch_size=10)
+    assert distances.shape == (6, 6)
+    assert distances[0, 5].item() == pytest.approx(math.hypot(10, 20))
+
+
+def test_class_token_maps_and_bad_grid():
+    attention = torch.arange(25.0).reshape(5, 5)
+    torch.testing.assert_close(viz.class_token_maps(attention, 2), torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+    torch.testing.assert_close(viz.class_token_maps(attention, 2, query_index=3), torch.tensor([[16.0, 17.0], [18.0, 19.0]]))
+    with pytest.raises(ValueError, match="patch grid"):
+        viz.class_token_maps(attention, 3)
+
+
+def test_position_embedding_similarity(small_vit):
+    similarity = viz.position_embedding_similarity(small_vit.pos_embed, 4)
+    assert similarity.shape == (4, 4, 4, 4)
+    table = small_vit.pos_embed[0, 1:].detach()
+    expected = F.cosine_similarity(table[:, None], table[None], dim=-1).reshape(4, 4, 4, 4)
+    torch.testing.assert_close(similarity, expected)
+    torch.testing.assert_close(similarity.reshape(16, 16).diagonal(), torch.ones(16))
+
+
+def test_patch_embedding_components_match_covariance_eigenvectors(small_vit):
+    weight = small_vit.patch_embed.proj.weight  # (32, 3, 8, 8)
+    components, explained = viz.patch_embedding_components(weight, num_components=5)
+    assert components.shape == (5, 3, 8, 8)
+    filters = weight.detach().flatten(1).double().numpy()
+    eigenvalues, eigenvectors = np.linalg.eigh(np.cov(filters, rowvar=False))
+    order = np.argsort(eigenvalues)[::-1][:5]
+    cosines = np.abs((components.flatten(1).double().numpy() * eigenvectors[:, order].T).sum(axis=1))
+    np.testing.assert_allclose(cosines, np.ones(5), atol=1e-4)
+    np.testing.assert_allclose(explained.numpy(), eigenvalues[order] / eigenvalues.sum(), rtol=1e-4)
+    with pytest.raises(ValueError, match="num_components"):
+        viz.patch_embedding_components(weight, num_components=0)
+
+
+def test_cross_layer_similarity_known_pattern():
+    identity = torch.eye(2)[None]  # (H=1, T, T)
+    uniform = torch.full((1, 2, 2), 0.5)
+    similarity = viz.cross_layer_similarity(torch.stack([identity, uniform, uniform]))
+    # columns (1,0),(0,1) against (.5,.5): cosine 1/sqrt(2); identical layers: 1
+    s = 1 / math.sqrt(2)
+    torch.testing.assert_close(similarity, torch.tensor([[1.0, s, s], [s, 1.0, 1.0], [s, 1.0, 1.0]]))
+
+
+def test_detr_map_helpers():
+    encoder = torch.rand(2, 1, 4, 6, 6).softmax(dim=-1)  # (L, B, H, h*w, h*w), feature map 2x3
+    reference_map = viz.detr_encoder_attention_at(encoder, (2, 3), reference=(1, 2))
+    torch.testing.assert_close(reference_map, encoder[-1, 0, :, 5].mean(dim=0).reshape(2, 3))
+    cross = torch.rand(3, 1, 4, 5, 6)  # (L, B, H, Q, h*w)
+    maps = viz.detr_cross_attention_maps(cross, (2, 3))
+    assert maps.shape == (5, 2, 3)
+    torch.testing.assert_close(maps[2], cross[-1, 0, :, 2].mean(dim=0).reshape(2, 3))
+    with pytest.raises(ValueError, match="outside"):
+        viz.detr_encoder_attention_at(encoder, (2, 3), reference=(2, 0))
+
+
+def test_overlay_and_png():
+    image = torch.zeros(3, 4, 4, dtype=torch.uint8)
+    heat = torch.tensor([[0.0, 1.0], [0.0, 0.0]])
+    picture = viz.overlay_heatmap(image, heat, size=16)
+    assert picture.shape == (16, 16, 3) and picture.dtype == np.uint8
+    assert picture[2, 13].sum() > picture[13, 2].sum()  # the hot corner is brighter
+    decoded = np.asarray(Image.open(io.BytesIO(viz.png_bytes(picture))))
+    np.testing.assert_array_equal(decoded, picture)
+
+
+def test_vit_explorer_callbacks_update_the_picture(small_vit, images):
+    explorer = viz.ViTAttentionExplorer(small_vit, images, labels=torch.tensor([0, 1, 2]), class_names=["a", "b", "c"])
+    first = explorer.picture.value
+    assert first[:4] == b"\x89PNG"
+    explorer.layer.value = 0
+    after_layer = explorer.picture.value
+    assert after_layer != first
+    explorer.col.value = 0  # choosing a patch makes it the query
+    assert explorer.query.value == viz.QUERY_PATCH
+    assert explorer.picture.value != after_layer
+    assert "patch (row 2, column 0)" in explorer.summary()
+    for head in (viz.HEAD_ROLLOUT, "head 1"):
+        before = explorer.picture.value
+        explorer.head.value = head
+        assert explorer.picture.value != before
+    before = explorer.picture.value
+    explorer.image_picker.value = 2
+    assert explorer.picture.value != before and "test image 2: c" in explorer.caption.value
+
+
+def test_vit_explorer_redraw_latency_under_200ms(small_vit, images):
+    explorer = viz.ViTAttentionExplorer(small_vit, images)
+    timings = []
+    for layer, row in ((0, 0), (1, 1), (2, 2), (0, 3), (1, 0), (2, 1)):
+        start = time.perf_counter()
+        explorer.layer.value = layer
+        explorer.row.value = row
+        timings.append((time.perf_counter() - start) / 2)
+    assert np.median(timings) < 0.2, f"median redraw {np.median(timings) * 1000:.0f} ms"
+
+
+def test_vit_explorer_upload(small_vit, images):
+    explorer = viz.ViTAttentionExplorer(small_vit, images)
+    before = explorer.picture.value
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((40, 60, 3), (250, 10, 10), np.uint8)).save(buffer, format="PNG")
+    explorer.upload.value = ({"name": "red.png", "type": "image/png", "size": 1, "content": memoryview(buffer.getvalue()), "last_modified": NOW},)
+    assert explorer.image_label == "upload: red.png"
+    assert explorer.image.shape == (3, 32, 32) and explorer.image[0].float().mean() > 200
+    assert explorer.picture.value != before
+    explorer.upload.value = ({"name": "bad.png", "type": "image/png", "size": 1, "content": memoryview(b"not an image"), "last_modified": NOW},)
+    assert "upload failed" in explorer.caption.value
+
+
+def test_vit_explorer_rejects_float_images(small_vit):
+    with pytest.raises(ValueError, match="uint8"):
+        viz.ViTAttentionExplorer(small_vit, torch.rand(2, 3, 32, 32))
