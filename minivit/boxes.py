@@ -34,21 +34,19 @@ def check_boxes(boxes: torch.Tensor, fmt: str | None = "xyxy", name: str = "boxe
             f"for a single box use shape (1, 4)"
         )
     flat = boxes.detach().reshape(-1, 4)
-    finite = torch.isfinite(flat).all(dim=1)
-    if not bool(finite.all()):
-        index = int((~finite).nonzero()[0, 0])
+    if not bool(torch.isfinite(flat).all()):
+        index = int((~torch.isfinite(flat)).any(dim=1).nonzero()[0, 0])
         raise ValueError(f"{name}[{_index(boxes, index)}] = {flat[index].tolist()} contains NaN or inf")
     if fmt is None:
         return boxes
     if fmt == "xyxy":
-        width, height = flat[:, 2] - flat[:, 0], flat[:, 3] - flat[:, 1]
+        degenerate = flat[:, 2:] < flat[:, :2]  # (N, 2): x2 < x1, y2 < y1
         what = "x2 < x1 or y2 < y1 (expected xyxy = left, top, right, bottom)"
     else:
-        width, height = flat[:, 2], flat[:, 3]
+        degenerate = flat[:, 2:] < 0  # (N, 2): w < 0, h < 0
         what = "negative width or height (expected cxcywh = centre x, centre y, width, height)"
-    degenerate = (width < 0) | (height < 0)
     if bool(degenerate.any()):
-        index = int(degenerate.nonzero()[0, 0])
+        index = int(degenerate.any(dim=1).nonzero()[0, 0])
         raise ValueError(f"{name}[{_index(boxes, index)}] = {flat[index].tolist()} is degenerate: {what}")
     return boxes
 
@@ -82,6 +80,10 @@ def box_xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
 def box_area(boxes: torch.Tensor) -> torch.Tensor:
     """Areas of xyxy boxes: (..., 4) -> (...)."""
     check_boxes(boxes, "xyxy")
+    return _area(boxes)
+
+
+def _area(boxes: torch.Tensor) -> torch.Tensor:
     return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
 
 
@@ -98,12 +100,15 @@ def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> tuple[torch.Tensor, t
     IoU = |A ∩ B| / |A ∪ B|. Two boxes of zero area give 0 / 0 = NaN, as in torchvision.
     """
     _check_pair(boxes1, boxes2)
-    area1, area2 = box_area(boxes1), box_area(boxes2)  # (N,), (M,)
+    return _iou_and_union(boxes1, boxes2)
+
+
+def _iou_and_union(boxes1: torch.Tensor, boxes2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     top_left = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])  # (N, M, 2)
     bottom_right = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])  # (N, M, 2)
     overlap = (bottom_right - top_left).clamp(min=0)  # (N, M, 2), 0 where the boxes do not meet
     inter = overlap[..., 0] * overlap[..., 1]  # (N, M)
-    union = area1[:, None] + area2[None, :] - inter  # (N, M)
+    union = _area(boxes1)[:, None] + _area(boxes2)[None, :] - inter  # (N, M)
     return inter / union, union
 
 
@@ -113,10 +118,11 @@ def generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Ten
     GIoU = IoU - |C \\ (A ∪ B)| / |C|, with C the smallest box enclosing A and B
     (Rezatofighi et al., 2019). Unlike IoU it still says how far apart two disjoint boxes are.
     """
-    iou, union = box_iou(boxes1, boxes2)  # (N, M) each
+    _check_pair(boxes1, boxes2)
+    iou, union = _iou_and_union(boxes1, boxes2)  # (N, M) each
     top_left = torch.min(boxes1[:, None, :2], boxes2[None, :, :2])  # (N, M, 2)
     bottom_right = torch.max(boxes1[:, None, 2:], boxes2[None, :, 2:])  # (N, M, 2)
-    size = (bottom_right - top_left).clamp(min=0)  # (N, M, 2)
+    size = bottom_right - top_left  # (N, M, 2), never negative for valid boxes
     enclosing = size[..., 0] * size[..., 1]  # (N, M)
     return iou - (enclosing - union) / enclosing
 
