@@ -584,7 +584,7 @@ OFFICIAL_DETR_R50_URL = "https://dl.fbaipublicfiles.com/detr/detr-r50-e632da11.p
 #: * ``backbone.0.body.*``  -> ``backbone.body.*``    (the official Joiner's item 0 is the
 #:   backbone, item 1 the position encoding; torchvision's ResNet names are kept)
 #: * ``backbone.1.*``       -> ``position_embedding.*`` (only the learned encoding has weights)
-#: * ``.multihead_attn.``   -> ``.cross_attn.``       (decoder cross-attention)
+#: * ``multihead_attn.``    -> ``cross_attn.``        (decoder cross-attention)
 #: * ``.in_proj_weight/bias`` -> ``.qkv.weight/bias``  (nn.MultiheadAttention's fused q, k, v
 #:   projection; minivit's MultiHeadAttention has the same (3D, D) layout)
 #: * ``.out_proj.``         -> ``.proj.``
@@ -596,7 +596,7 @@ OFFICIAL_DETR_R50_URL = "https://dl.fbaipublicfiles.com/detr/detr-r50-e632da11.p
 OFFICIAL_KEY_MAP: tuple[tuple[str, str], ...] = (
     ("backbone.0.body.", "backbone.body."),
     ("backbone.1.", "position_embedding."),
-    (".multihead_attn.", ".cross_attn."),
+    ("multihead_attn.", "cross_attn."),
     (".in_proj_weight", ".qkv.weight"),
     (".in_proj_bias", ".qkv.bias"),
     (".out_proj.", ".proj."),
