@@ -10,10 +10,16 @@ Masks follow the references they are tested against:
 from __future__ import annotations
 
 import math
+import statistics
+import time
+import weakref
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 
 def scaled_dot_product_attention(
@@ -125,3 +131,108 @@ class MultiHeadAttention(nn.Module):
             out, attn_weights = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p), None
         out = out.transpose(1, 2).reshape(batch, num_queries, self.dim)  # (B, N, H, d) -> (B, N, D)
         return self.proj(out), attn_weights
+
+
+@dataclass
+class AttentionCost:
+    """What one attention call cost: median wall time (s) and peak memory (bytes) it allocated."""
+
+    seconds: float
+    peak_bytes: int
+
+
+class _LiveTensorBytes(TorchDispatchMode):
+    """Tracks the bytes of tensor storages created under it that are still alive, and their peak.
+
+    Every aten op's outputs are seen here; a storage counts once (views share it), storages
+    that existed before (the inputs) count not at all, and a storage stops counting when its
+    last tensor is freed. Buffers a fused kernel allocates and frees inside itself are invisible.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.current = self.peak = 0
+        self._owners: dict[int, int] = {}  # storage pointer -> number of live tensors using it
+        self._external: set[int] = set()
+
+    def _release(self, pointer: int, nbytes: int) -> None:
+        self._owners[pointer] -= 1
+        if self._owners[pointer] == 0:
+            del self._owners[pointer]
+            self.current -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        for tensor in tree_leaves((args, kwargs)):
+            if isinstance(tensor, torch.Tensor) and tensor.untyped_storage().data_ptr() not in self._owners:
+                self._external.add(tensor.untyped_storage().data_ptr())
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_leaves(out):
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            storage = tensor.untyped_storage()
+            pointer, nbytes = storage.data_ptr(), storage.nbytes()
+            if pointer in self._external or nbytes == 0:
+                continue
+            if pointer not in self._owners:
+                self._owners[pointer] = 0
+                self.current += nbytes
+                self.peak = max(self.peak, self.current)
+            self._owners[pointer] += 1
+            weakref.finalize(tensor, self._release, pointer, nbytes)
+        return out
+
+
+def measure_attention_cost(
+    seq_len: int,
+    head_dim: int = 64,
+    num_heads: int = 1,
+    batch_size: int = 1,
+    fused: bool = True,
+    repeats: int = 3,
+    device: torch.device | str | None = None,
+) -> AttentionCost:
+    """Time and peak memory of self-attention over ``seq_len`` tokens on random (B, H, N, d) inputs.
+
+    ``fused=True`` times ``F.scaled_dot_product_attention``, ``fused=False`` the written-out
+    :func:`scaled_dot_product_attention` (which materializes the (B, H, N, N) weights). Time is
+    the median of ``repeats`` calls after one warm-up call. Peak memory is the memory the call
+    allocated on top of its inputs: ``torch.cuda.max_memory_allocated`` on CUDA; elsewhere the
+    peak of live tensors created op by op (scratch memory inside one fused kernel is not seen).
+    """
+    if seq_len < 1 or head_dim < 1 or num_heads < 1 or batch_size < 1 or repeats < 1:
+        raise ValueError(
+            f"seq_len, head_dim, num_heads, batch_size and repeats must be >= 1, got {seq_len}, {head_dim}, "
+            f"{num_heads}, {batch_size}, {repeats}"
+        )
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    q, k, v = torch.randn(3, batch_size, num_heads, seq_len, head_dim, device=device).unbind(0)  # (B, H, N, d) each
+
+    def attend() -> torch.Tensor:
+        if fused:
+            return F.scaled_dot_product_attention(q, k, v)
+        return scaled_dot_product_attention(q, k, v)[0]
+
+    def synchronize() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    with torch.no_grad():
+        attend()  # warm-up
+        synchronize()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            attend()
+            synchronize()
+            times.append(time.perf_counter() - start)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            baseline = torch.cuda.memory_allocated(device)
+            attend()
+            synchronize()
+            peak_bytes = torch.cuda.max_memory_allocated(device) - baseline
+        else:
+            with _LiveTensorBytes() as tracker:
+                attend()
+            peak_bytes = tracker.peak
+    return AttentionCost(seconds=statistics.median(times), peak_bytes=int(peak_bytes))
