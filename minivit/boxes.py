@@ -90,40 +90,48 @@ def _area(boxes: torch.Tensor) -> torch.Tensor:
 def _check_pair(boxes1: torch.Tensor, boxes2: torch.Tensor) -> None:
     for name, boxes in (("boxes1", boxes1), ("boxes2", boxes2)):
         check_boxes(boxes, "xyxy", name)
-        if boxes.dim() != 2:
-            raise ValueError(f"{name} must have shape (N, 4) for pairwise IoU, got {tuple(boxes.shape)}")
+        if boxes.dim() < 2:
+            raise ValueError(f"{name} must have shape (N, 4) (or (..., N, 4)) for pairwise IoU, got {tuple(boxes.shape)}")
+    if boxes1.shape[:-2] != boxes2.shape[:-2]:
+        raise ValueError(
+            f"boxes1 {tuple(boxes1.shape)} and boxes2 {tuple(boxes2.shape)} must have the same leading (batch) dimensions"
+        )
 
 
 def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """IoU of every pair: xyxy (N, 4) and (M, 4) -> (iou (N, M), union (N, M)).
 
-    IoU = |A ∩ B| / |A ∪ B|. Two boxes of zero area give 0 / 0 = NaN, as in torchvision.
+    Batched too: (..., N, 4) and (..., M, 4) -> (..., N, M). IoU = |A ∩ B| / |A ∪ B|.
+    Two boxes of zero area give 0 / 0 = NaN, as in torchvision.
     """
     _check_pair(boxes1, boxes2)
     return _iou_and_union(boxes1, boxes2)
 
 
 def _iou_and_union(boxes1: torch.Tensor, boxes2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    top_left = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])  # (N, M, 2)
-    bottom_right = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])  # (N, M, 2)
-    overlap = (bottom_right - top_left).clamp(min=0)  # (N, M, 2), 0 where the boxes do not meet
-    inter = overlap[..., 0] * overlap[..., 1]  # (N, M)
-    union = _area(boxes1)[:, None] + _area(boxes2)[None, :] - inter  # (N, M)
+    boxes1, boxes2 = boxes1.unsqueeze(-2), boxes2.unsqueeze(-3)  # (..., N, 1, 4), (..., 1, M, 4)
+    top_left = torch.max(boxes1[..., :2], boxes2[..., :2])  # (..., N, M, 2)
+    bottom_right = torch.min(boxes1[..., 2:], boxes2[..., 2:])  # (..., N, M, 2)
+    overlap = (bottom_right - top_left).clamp(min=0)  # (..., N, M, 2), 0 where the boxes do not meet
+    inter = overlap[..., 0] * overlap[..., 1]  # (..., N, M)
+    union = _area(boxes1) + _area(boxes2) - inter  # (..., N, M)
     return inter / union, union
 
 
 def generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     """Generalized IoU of every pair: xyxy (N, 4) and (M, 4) -> (N, M), values in [-1, 1].
 
+    Batched too: (..., N, 4) and (..., M, 4) -> (..., N, M).
     GIoU = IoU - |C \\ (A ∪ B)| / |C|, with C the smallest box enclosing A and B
     (Rezatofighi et al., 2019). Unlike IoU it still says how far apart two disjoint boxes are.
     """
     _check_pair(boxes1, boxes2)
-    iou, union = _iou_and_union(boxes1, boxes2)  # (N, M) each
-    top_left = torch.min(boxes1[:, None, :2], boxes2[None, :, :2])  # (N, M, 2)
-    bottom_right = torch.max(boxes1[:, None, 2:], boxes2[None, :, 2:])  # (N, M, 2)
-    size = bottom_right - top_left  # (N, M, 2), never negative for valid boxes
-    enclosing = size[..., 0] * size[..., 1]  # (N, M)
+    iou, union = _iou_and_union(boxes1, boxes2)  # (..., N, M) each
+    boxes1, boxes2 = boxes1.unsqueeze(-2), boxes2.unsqueeze(-3)  # (..., N, 1, 4), (..., 1, M, 4)
+    top_left = torch.min(boxes1[..., :2], boxes2[..., :2])  # (..., N, M, 2)
+    bottom_right = torch.max(boxes1[..., 2:], boxes2[..., 2:])  # (..., N, M, 2)
+    size = bottom_right - top_left  # (..., N, M, 2), never negative for valid boxes
+    enclosing = size[..., 0] * size[..., 1]  # (..., N, M)
     return iou - (enclosing - union) / enclosing
 
 

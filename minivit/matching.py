@@ -166,22 +166,23 @@ def brute_force_assignment(cost) -> tuple[np.ndarray, np.ndarray]:
 def matching_cost_terms(pred_logits, pred_boxes, target_labels, target_boxes) -> dict[str, torch.Tensor]:
     """The three unweighted cost matrices between Q predictions and T targets, each (Q, T).
 
-    * ``class``: ``-p(target class)`` (softmax over the C + 1 logits; log-probabilities work too);
+    * ``class``: ``-p(target class)`` (softmax over the C + 1 logits);
     * ``bbox``:  L1 distance between the normalized cxcywh boxes;
     * ``giou``:  ``-GIoU`` of the boxes (in xyxy).
-    Leading batch dimensions of the predictions are flattened: (B, Q, .) -> (B * Q, .).
+    Shapes: logits (Q, C + 1), boxes (Q, 4), labels (T,), target boxes (T, 4); or with a
+    leading batch dimension B on all four, giving (B, Q, T).
     """
-    probs = pred_logits.flatten(0, -2).softmax(-1)  # (Q, C + 1)
-    boxes = pred_boxes.flatten(0, -2)  # (Q, 4)
+    probs = pred_logits.softmax(-1)  # (..., Q, C + 1)
+    labels = target_labels.unsqueeze(-2).expand(*probs.shape[:-1], target_labels.shape[-1])  # (..., Q, T)
     return {
-        "class": -probs[:, target_labels],  # (Q, T)
-        "bbox": torch.cdist(boxes, target_boxes, p=1),  # (Q, T)
-        "giou": -generalized_box_iou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(target_boxes)),  # (Q, T)
+        "class": -probs.gather(-1, labels),  # (..., Q, T)
+        "bbox": torch.cdist(pred_boxes, target_boxes.to(pred_boxes), p=1),  # (..., Q, T)
+        "giou": -generalized_box_iou(box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(target_boxes.to(pred_boxes))),
     }
 
 
 def matching_cost(pred_logits, pred_boxes, target_labels, target_boxes, weights=(1.0, 5.0, 2.0)) -> torch.Tensor:
-    """The weighted total cost ``w_class * class + w_bbox * L1 + w_giou * (-GIoU)``, (Q, T)."""
+    """The weighted total cost ``w_class * class + w_bbox * L1 + w_giou * (-GIoU)``, (Q, T) or (B, Q, T)."""
     terms = matching_cost_terms(pred_logits, pred_boxes, target_labels, target_boxes)
     return weights[0] * terms["class"] + weights[1] * terms["bbox"] + weights[2] * terms["giou"]
 
@@ -228,18 +229,27 @@ class HungarianMatcher(nn.Module):
         if len(targets) != batch:
             raise ValueError(f"got {len(targets)} target dicts for a batch of {batch} images")
         _check_targets(targets, num_queries)
-        weights = (self.cost_class, self.cost_bbox, self.cost_giou)
+        sizes = [len(t["labels"]) for t in targets]
         empty = torch.zeros(0, dtype=torch.int64)
+        if max(sizes, default=0) == 0:
+            return [(empty, empty) for _ in targets]
+        # Pad every image's targets to the largest count (padding: a dummy box, sliced off
+        # below) and cost all images at once: (B, Q, T_max), not all queries x all targets.
+        logits, pred_boxes = outputs["pred_logits"], outputs["pred_boxes"]
+        labels = logits.new_zeros(batch, max(sizes), dtype=torch.int64)
+        boxes = pred_boxes.new_full((batch, max(sizes), 4), 0.5)
+        for image, target in enumerate(targets):
+            labels[image, : sizes[image]] = target["labels"]
+            boxes[image, : sizes[image]] = target["boxes"]
+        weights = (self.cost_class, self.cost_bbox, self.cost_giou)
+        cost = matching_cost(logits, pred_boxes, labels, boxes, weights).cpu().numpy()  # (B, Q, T_max)
         indices = []
-        for image, target in enumerate(targets):  # image by image: (Q, T_b) costs, not all-pairs over the batch
-            if len(target["labels"]) == 0:
+        for image, size in enumerate(sizes):
+            if size == 0:
                 indices.append((empty, empty))
                 continue
-            cost = matching_cost(outputs["pred_logits"][image], outputs["pred_boxes"][image],
-                                 target["labels"], target["boxes"], weights)  # (Q, T_b)
-            cost = cost.cpu().numpy()
-            _check_finite(cost, f"the matching cost of image {image}")
-            rows, cols = self.solve(cost)
+            _check_finite(cost[image, :, :size], f"the matching cost of image {image}")
+            rows, cols = self.solve(cost[image, :, :size])
             indices.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
         return indices
 

@@ -50,6 +50,16 @@ def test_area_iou_giou_equal_torchvision(seed):
     torch.testing.assert_close(generalized_box_iou(boxes1, boxes2), ops.generalized_box_iou(boxes1, boxes2))
 
 
+def test_batched_iou_and_giou_equal_per_image():
+    boxes1, boxes2 = random_xyxy(15, 3).view(3, 5, 4), random_xyxy(12, 4).view(3, 4, 4)
+    iou, union = box_iou(boxes1, boxes2)
+    giou = generalized_box_iou(boxes1, boxes2)
+    assert iou.shape == union.shape == giou.shape == (3, 5, 4)
+    for image in range(3):
+        torch.testing.assert_close(iou[image], ops.box_iou(boxes1[image], boxes2[image]))
+        torch.testing.assert_close(giou[image], ops.generalized_box_iou(boxes1[image], boxes2[image]))
+
+
 def test_iou_hand_worked_values():
     a = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
     b = torch.tensor([[1.0, 1.0, 3.0, 3.0], [0.0, 0.0, 2.0, 2.0], [3.0, 0.0, 4.0, 1.0]])
@@ -109,8 +119,10 @@ def test_wrong_shapes():
         box_area(torch.zeros(3, 5))
     with pytest.raises(ValueError, match=r"shape \(\.\.\., 4\)"):
         box_cxcywh_to_xyxy(torch.tensor(1.0))
-    with pytest.raises(ValueError, match=r"\(N, 4\)"):
+    with pytest.raises(ValueError, match=r"same leading \(batch\) dimensions"):
         box_iou(torch.zeros(2, 3, 4), torch.zeros(2, 4))
+    with pytest.raises(ValueError, match=r"\(N, 4\)"):
+        box_iou(torch.zeros(4), torch.zeros(2, 4))
     with pytest.raises(ValueError, match="torch.Tensor"):
         check_boxes([[0, 0, 1, 1]])
     with pytest.raises(ValueError, match="unknown box format"):

@@ -1,0 +1,243 @@
+"""Chapter 6: training the tiny DETR on the synthetic shapes, and scoring it with mAP.
+
+* :func:`train_detr`: AdamW, gradient clipping, a learning-rate drop, the set criterion with
+  auxiliary losses, a tqdm progress bar and optional snapshots during training;
+* :func:`predict` / :func:`detect`: outputs and thresholded detections for a stack of images;
+* :func:`average_precision`, :func:`mean_average_precision`: VOC/COCO-style all-point
+  interpolated AP per class at one IoU threshold, averaged over the classes that have objects;
+* :func:`save_tiny_detr` / :func:`load_tiny_detr`: the checkpoint the course ships
+  (``minivit/checkpoints/tiny_detr_shapes.pt``), used offline by chapters 5 and 7.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from minivit.boxes import box_cxcywh_to_xyxy, box_iou, check_boxes
+from minivit.detr import DETR, build_tiny_detr, postprocess
+from minivit.matching import HungarianMatcher, SetCriterion
+
+TINY_DETR_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "tiny_detr_shapes.pt"
+
+# ----------------------------------------------------------------------------- mean average precision
+
+
+def average_precision(scores, is_true_positive, num_objects: int) -> float:
+    """All-point interpolated AP of one class: the area under the precision-recall curve
+    after replacing each precision by the best precision at any higher recall.
+
+    scores (D,), is_true_positive (D,) bool for the D detections of the class over all
+    images; ``num_objects`` ground-truth objects of the class. No objects -> NaN.
+    """
+    if num_objects == 0:
+        return float("nan")
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    hits = np.asarray(is_true_positive, dtype=np.float64)[order]
+    true_positives, false_positives = np.cumsum(hits), np.cumsum(1 - hits)
+    recall = true_positives / num_objects
+    precision = true_positives / np.maximum(true_positives + false_positives, 1e-12)
+    # Sentinels, then the precision envelope (monotone non-increasing from the right).
+    recall = np.concatenate([[0.0], recall, [1.0]])
+    precision = np.concatenate([[1.0], precision, [0.0]])
+    precision = np.maximum.accumulate(precision[::-1])[::-1]
+    steps = np.flatnonzero(recall[1:] != recall[:-1])  # where recall increases
+    return float(np.sum((recall[steps + 1] - recall[steps]) * precision[steps + 1]))
+
+
+def _check_detections(items, kind: str, keys) -> None:
+    for index, item in enumerate(items):
+        missing = [k for k in keys if k not in item]
+        if missing:
+            raise ValueError(f"{kind}[{index}] lacks {missing}; expected a dict with {list(keys)}")
+        if len(item["labels"]) != len(item["boxes"]) or ("scores" in keys and len(item["scores"]) != len(item["labels"])):
+            raise ValueError(f"{kind}[{index}] has different numbers of labels, boxes and scores")
+        check_boxes(item["boxes"].reshape(-1, 4), "xyxy", f"{kind}[{index}]['boxes']")
+
+
+def average_precision_per_class(predictions: list[dict], targets: list[dict], iou_threshold: float = 0.5) -> dict[int, float]:
+    """AP for every class that occurs in ``targets`` (see :func:`mean_average_precision`)."""
+    if len(predictions) != len(targets):
+        raise ValueError(f"got predictions for {len(predictions)} images but targets for {len(targets)}")
+    if not 0 < iou_threshold <= 1:
+        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+    _check_detections(predictions, "predictions", ("boxes", "scores", "labels"))
+    _check_detections(targets, "targets", ("boxes", "labels"))
+    classes = sorted(set(torch.cat([t["labels"].reshape(-1) for t in targets]).tolist())) if targets else []
+    results = {}
+    for cls in classes:
+        scores, hits, num_objects = [], [], 0
+        for prediction, target in zip(predictions, targets):
+            gt_boxes = target["boxes"].reshape(-1, 4)[target["labels"] == cls]
+            num_objects += len(gt_boxes)
+            keep = prediction["labels"] == cls
+            boxes, image_scores = prediction["boxes"].reshape(-1, 4)[keep], prediction["scores"][keep]
+            order = torch.argsort(image_scores, descending=True, stable=True)
+            boxes, image_scores = boxes[order], image_scores[order]
+            taken = torch.zeros(len(gt_boxes), dtype=torch.bool)
+            iou = box_iou(boxes.double(), gt_boxes.double())[0] if len(gt_boxes) else None  # (D, G)
+            for d in range(len(boxes)):  # highest score first; each object can be found once
+                hit = False
+                if iou is not None:
+                    best = int(iou[d].argmax())
+                    if iou[d, best] >= iou_threshold and not taken[best]:
+                        taken[best], hit = True, True
+                scores.append(float(image_scores[d]))
+                hits.append(hit)
+        results[cls] = average_precision(scores, hits, num_objects)
+    return results
+
+
+def mean_average_precision(predictions: list[dict], targets: list[dict], iou_threshold: float = 0.5) -> float:
+    """mAP at one IoU threshold (e.g. mAP@0.5), as in PASCAL VOC 2010+ / COCO's per-threshold AP.
+
+    predictions: per image ``{"boxes": (D, 4) xyxy, "scores": (D,), "labels": (D,)}``;
+    targets: per image ``{"boxes": (G, 4) xyxy, "labels": (G,)}``, in the same units as the
+    predictions. Per class: detections sorted by score; a detection is a true positive when
+    its highest-IoU object of that class has IoU >= ``iou_threshold`` and was not already
+    found by a higher-scored detection (a duplicate is a false positive); AP = all-point
+    interpolated area under the precision-recall curve. The mean is over the classes that
+    occur in ``targets`` (a class that is never detected counts 0).
+    """
+    per_class = average_precision_per_class(predictions, targets, iou_threshold)
+    if not per_class:
+        raise ValueError("the targets contain no objects: mAP is undefined")
+    return float(np.mean(list(per_class.values())))
+
+
+# ----------------------------------------------------------------------------- prediction
+
+
+@torch.no_grad()
+def predict(model: DETR, images: torch.Tensor, batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """The model's outputs for a stack of images (N, 3, H, W), in eval mode, batch by batch."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    logits, boxes = [], []
+    for start in range(0, len(images), batch_size):
+        out = model(_as_float(images[start : start + batch_size]).to(device))
+        logits.append(out["pred_logits"].cpu())
+        boxes.append(out["pred_boxes"].cpu())
+    model.train(was_training)
+    return {"pred_logits": torch.cat(logits), "pred_boxes": torch.cat(boxes)}
+
+
+def detect(model: DETR, images: torch.Tensor, threshold: float = 0.5) -> list[dict]:
+    """Detections (``scores``, ``labels``, ``boxes`` xyxy pixels) for each of the images (N, 3, H, W)."""
+    sizes = [tuple(images.shape[-2:])] * len(images)
+    return postprocess(predict(model, images), sizes, threshold)
+
+
+def targets_to_pixels(targets: list[dict], image_size: tuple[int, int]) -> list[dict]:
+    """Normalized cxcywh targets -> xyxy pixels (the units of :func:`detect`)."""
+    height, width = image_size
+    scale = torch.tensor([width, height, width, height], dtype=torch.float32)
+    return [{"labels": t["labels"], "boxes": box_cxcywh_to_xyxy(t["boxes"].float()) * scale} for t in targets]
+
+
+def evaluate_map(model: DETR, images: torch.Tensor, targets: list[dict], iou_threshold: float = 0.5) -> float:
+    """mAP@``iou_threshold`` of ``model`` on a labelled set; every query counts, scored by its best class."""
+    predictions = detect(model, images, threshold=0.0)
+    return mean_average_precision(predictions, targets_to_pixels(targets, tuple(images.shape[-2:])), iou_threshold)
+
+
+def _as_float(images: torch.Tensor) -> torch.Tensor:
+    return images.float() / 255 if images.dtype == torch.uint8 else images
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train_detr(
+    model: DETR,
+    images: torch.Tensor,
+    targets: list[dict],
+    steps: int,
+    batch_size: int = 32,
+    lr: float = 3e-4,
+    weight_decay: float = 1e-4,
+    grad_clip: float = 0.1,
+    lr_drop: float = 0.75,
+    criterion: SetCriterion | None = None,
+    seed: int = 0,
+    callback: Callable[[int, DETR], None] | None = None,
+    callback_every: int = 0,
+    progress: bool = True,
+) -> list[dict]:
+    """Train ``model`` for ``steps`` optimizer steps on random batches of (images, targets).
+
+    AdamW (``lr``, ``weight_decay``), gradient norm clipped to ``grad_clip``, the learning
+    rate divided by 10 after ``lr_drop`` of the steps; the loss is :class:`SetCriterion`
+    (weights CE 1, L1 5, GIoU 2, no-object 0.1, auxiliary losses on every decoder layer).
+    ``callback(step, model)`` runs before the first step and every ``callback_every`` steps
+    (for snapshots). Returns one dict per step: ``loss``, ``loss_ce``, ``loss_bbox``,
+    ``loss_giou`` (last decoder layer), ``lr`` and the elapsed ``seconds``.
+    """
+    if len(images) != len(targets) or len(images) == 0:
+        raise ValueError(f"need as many targets as images (and at least one), got {len(images)} and {len(targets)}")
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
+    device = next(model.parameters()).device
+    criterion = criterion if criterion is not None else SetCriterion(model.num_classes)
+    criterion = criterion.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[int(lr_drop * steps)], gamma=0.1)
+    generator = torch.Generator().manual_seed(seed)
+    history, start = [], time.perf_counter()
+    model.train()
+    bar = tqdm(range(steps), desc="training tiny DETR", disable=not progress)
+    for step in bar:
+        if callback is not None and callback_every and step % callback_every == 0:
+            callback(step, model)
+        batch = torch.randint(len(images), (batch_size,), generator=generator)
+        batch_images = _as_float(images[batch]).to(device)
+        batch_targets = [{k: v.to(device) for k, v in targets[i].items()} for i in batch.tolist()]
+        losses = criterion(model(batch_images), batch_targets)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        scheduler.step()
+        record = {k: float(losses[k].detach()) for k in ("loss", "loss_ce", "loss_bbox", "loss_giou")}
+        record.update(lr=optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - start)
+        history.append(record)
+        bar.set_postfix(loss=f"{record['loss']:.3f}")
+    if callback is not None and callback_every:
+        callback(steps, model)
+    model.eval()
+    return history
+
+
+# ----------------------------------------------------------------------------- the shipped checkpoint
+
+
+def save_tiny_detr(model: DETR, path, config: dict, classes, image_size: int, metrics: dict | None = None) -> None:
+    """Save a tiny DETR with what is needed to rebuild it: ``config`` = :func:`build_tiny_detr` kwargs."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    torch.save({"config": dict(config), "classes": list(classes), "image_size": int(image_size),
+                "metrics": dict(metrics or {}), "model": state}, path)
+
+
+def load_tiny_detr(path=None, map_location="cpu") -> tuple[DETR, dict]:
+    """The tiny DETR trained on the synthetic shapes (chapter 6), in eval mode, and its info
+    (``config``, ``classes``, ``image_size``, ``metrics``). Default: the shipped checkpoint."""
+    path = Path(path) if path is not None else TINY_DETR_CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no tiny-DETR checkpoint at {path}; run notebooks/06_hungarian_matching.ipynb "
+            f"(or `python -m minivit.detection --train`) to train and save one"
+        )
+    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    model = build_tiny_detr(**checkpoint["config"])
+    model.load_state_dict(checkpoint["model"])
+    model.eval()
+    info = {k: checkpoint[k] for k in ("config", "classes", "image_size", "metrics")}
+    return model, info
