@@ -502,7 +502,7 @@ def plot_detections(ax, image: torch.Tensor, detections: dict, class_names=None,
     """Draw an image (3, H, W) in [0, 1] with its detections (boxes xyxy pixels, labels, scores)."""
     import matplotlib.patches as patches
 
-    ax.imshow(image.permute(1, 2, 0).clamp(0, 1).cpu().numpy())
+    ax.imshow(image.permute(1, 2, 0).clamp(0, 1).cpu().numpy(), interpolation="nearest")
     colors = [f"C{i}" for i in range(10)]
     for box, label, score in zip(detections["boxes"].tolist(), detections["labels"].tolist(), detections["scores"].tolist()):
         x1, y1, x2, y2 = box
