@@ -1,0 +1,577 @@
+"""Chapter 4: the training loop: AdamW, warmup + cosine, label smoothing, mixed precision,
+checkpoints that resume exactly, and DistributedDataParallel under ``torchrun``.
+
+    history = fit(model, train_set, test_set, epochs=10, batch_size=256, lr=2e-3)
+
+The data (an :class:`~minivit.data.ImageSet` of uint8 images) is moved to the device once
+and augmented there in batches (:mod:`minivit.data.augment`). The same recipe runs from the
+command line::
+
+    python -m minivit.train --config vit_cifar_small --profile cpu --out runs/cpu
+    torchrun --nproc_per_node=2 -m minivit.train --config vit_cifar_small --profile cpu --out runs/ddp
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+
+from minivit.data.augment import Augment, channel_stats, iterate_batches, normalize, num_batches
+from minivit.data.cifar10 import ImageSet
+
+CHECKPOINT_FORMAT = "minivit.train/1"
+SHIPPED_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "vit_cifar_small.pt"
+
+
+# --------------------------------------------------------------------------- history
+@dataclass
+class History:
+    """Per-epoch record of a run: losses, accuracies (0..1), learning rate, wall-clock seconds."""
+
+    train_loss: list[float] = field(default_factory=list)
+    train_acc: list[float] = field(default_factory=list)
+    test_loss: list[float] = field(default_factory=list)
+    test_acc: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+    @property
+    def epochs(self) -> int:
+        return len(self.train_loss)
+
+    @property
+    def total_seconds(self) -> float:
+        return float(sum(self.seconds))
+
+    def append(self, **values: float) -> None:
+        for name, value in values.items():
+            getattr(self, name).append(float(value))
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "History":
+        return cls(**{name: [float(v) for v in values.get(name, [])] for name in cls.__dataclass_fields__})
+
+    def __str__(self) -> str:
+        if not self.epochs:
+            return "History(no epochs)"
+        return (f"History({self.epochs} epochs, {self.total_seconds:.0f} s: train loss {self.train_loss[-1]:.3f} "
+                f"acc {self.train_acc[-1]:.1%}, test loss {self.test_loss[-1]:.3f} acc {self.test_acc[-1]:.1%})")
+
+    def plot(self, axes=None, label: str = ""):
+        """Loss and accuracy curves on two matplotlib axes (created if not given)."""
+        import matplotlib.pyplot as plt
+
+        if axes is None:
+            _, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+        epochs = range(1, self.epochs + 1)
+        prefix = f"{label} " if label else ""
+        axes[0].plot(epochs, self.train_loss, "--", label=f"{prefix}train")
+        axes[0].plot(epochs, self.test_loss, "-", label=f"{prefix}test")
+        axes[1].plot(epochs, [100 * a for a in self.train_acc], "--", label=f"{prefix}train")
+        axes[1].plot(epochs, [100 * a for a in self.test_acc], "-", label=f"{prefix}test")
+        axes[0].set(title="Loss per epoch", xlabel="epoch", ylabel="cross-entropy (nats)")
+        axes[1].set(title="Accuracy per epoch", xlabel="epoch", ylabel="accuracy (%)")
+        for ax in axes:
+            ax.grid(alpha=0.3)
+            ax.legend()
+        return axes
+
+
+# --------------------------------------------------------------------------- optimizer and schedule
+NO_DECAY_NAMES = ("cls_token", "pos_embed", "class_token", "pos_embedding", "dist_token")
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups: weights of Linear/Conv layers decay; norms, biases, embeddings and tokens do not."""
+    embedding_params = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        skip = param.ndim < 2 or leaf in NO_DECAY_NAMES or id(param) in embedding_params
+        (no_decay if skip else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
+                  min_lr_ratio: float = 0.0) -> torch.optim.lr_scheduler.LRScheduler:
+    """Linear warmup from ``lr / warmup_steps`` to ``lr``, then cosine decay to ``min_lr_ratio * lr``.
+
+    Step it once per optimizer step. Built from ``LinearLR`` + ``CosineAnnealingLR``.
+    """
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    if not 0 <= warmup_steps < total_steps:
+        raise ValueError(f"warmup_steps must be in 0..{total_steps - 1} (total_steps), got {warmup_steps}")
+    base_lr = optimizer.param_groups[0]["lr"]
+    cosine = CosineAnnealingLR(optimizer, T_max=total_steps - warmup_steps, eta_min=min_lr_ratio * base_lr)
+    if warmup_steps == 0:
+        return cosine
+    warmup = LinearLR(optimizer, start_factor=1.0 / warmup_steps, end_factor=1.0, total_iters=warmup_steps)
+    return SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
+
+
+# --------------------------------------------------------------------------- devices and precision
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``amp`` in {"auto", "bf16", "fp16", "off"} on ``device``.
+
+    "auto": bf16 on a GPU that supports it, fp16 (with a GradScaler) on older GPUs, off on the CPU.
+    """
+    if amp not in ("auto", "bf16", "fp16", "off"):
+        raise ValueError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {amp!r}")
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def _distributed() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    return getattr(model, "module", model)  # DistributedDataParallel
+
+
+# --------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+            batch_size: int = 500, tta_flip: bool = False, amp_dtype: torch.dtype | None = None,
+            device: torch.device | str | None = None) -> torch.Tensor:
+    """Logits (N, classes) of uint8 images (N, C, H, W), in eval mode; ``tta_flip`` averages with the mirror."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        batch = normalize(images[start:start + batch_size].to(device), mean, std)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+            logits = model(batch).float()
+            if tta_flip:
+                logits = (logits + model(batch.flip(-1)).float()) / 2
+        outputs.append(logits)
+    model.train(was_training)
+    return torch.cat(outputs)
+
+
+def evaluate(model: nn.Module, data: ImageSet, mean: torch.Tensor, std: torch.Tensor, batch_size: int = 500,
+             tta_flip: bool = False, amp_dtype: torch.dtype | None = None,
+             device: torch.device | str | None = None) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of ``model`` on ``data``; under DDP each rank scores its shard."""
+    rank, world_size = _distributed()
+    shard = slice(rank * len(data) // world_size, (rank + 1) * len(data) // world_size)
+    logits = predict(model, data.images[shard], mean, std, batch_size, tta_flip, amp_dtype, device)
+    labels = data.labels[shard].to(logits.device)
+    totals = torch.stack([F.cross_entropy(logits, labels, reduction="sum"),
+                          (logits.argmax(1) == labels).sum().float()])
+    if world_size > 1:
+        dist.all_reduce(totals)
+    return (totals[0] / len(data)).item(), (totals[1] / len(data)).item()
+
+
+def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Counts (num_classes, num_classes): row = true class, column = predicted class."""
+    if predictions.shape != labels.shape:
+        raise ValueError(f"predictions {tuple(predictions.shape)} and labels {tuple(labels.shape)} differ in shape")
+    index = labels.long().cpu() * num_classes + predictions.long().cpu()
+    return torch.bincount(index, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def misclassified(predictions: torch.Tensor, labels: torch.Tensor, confidences: torch.Tensor | None = None,
+                  count: int = 16) -> torch.Tensor:
+    """Indices of up to ``count`` wrong predictions, the most confident mistakes first when given confidences."""
+    wrong = torch.nonzero(predictions.cpu() != labels.cpu()).flatten()
+    if confidences is not None:
+        wrong = wrong[confidences.cpu()[wrong].argsort(descending=True)]
+    return wrong[:count]
+
+
+# --------------------------------------------------------------------------- checkpoints
+def _atomic_save(obj: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # atomic: a killed run leaves the previous checkpoint intact
+
+
+def _read_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a minivit training checkpoint (expected format {CHECKPOINT_FORMAT!r}); "
+                         f"write checkpoints with minivit.train.fit(..., checkpoint_dir=...)")
+    return checkpoint
+
+
+def _model_description(model: nn.Module) -> tuple[str, dict | None]:
+    model = _unwrap(model)
+    config = getattr(model, "config", None)
+    return type(model).__name__, dict(config) if isinstance(config, dict) else None
+
+
+def _check_same_architecture(checkpoint: dict, model: nn.Module, path) -> None:
+    name, config = _model_description(model)
+    if checkpoint["model_class"] != name or (config is not None and checkpoint["model_config"] != config):
+        raise ValueError(
+            f"checkpoint {path} holds a {checkpoint['model_class']} with config {checkpoint['model_config']}, "
+            f"but the model is a {name} with config {config}; build the model from the checkpoint "
+            f"(minivit.train.load_checkpoint(path)) or use another checkpoint folder")
+    target = _unwrap(model).state_dict()
+    weights = checkpoint["model"]
+    bad = sorted(set(target) ^ set(weights)) + [
+        f"{k} {tuple(weights[k].shape)} vs {tuple(target[k].shape)}"
+        for k in target if k in weights and weights[k].shape != target[k].shape]
+    if bad:
+        raise ValueError(f"checkpoint {path} does not fit the model: mismatched keys {bad[:8]}")
+
+
+def build_model(name: str, **overrides) -> nn.Module:
+    """A model by name: ``small_cnn`` (chapter 1's CNN, ``width=...``) or a ViT config of ``minivit.vit.CONFIGS``."""
+    if name in ("small_cnn", "SmallCNN"):
+        from minivit.conv import SmallCNN
+
+        config = {"num_classes": 10, "width": 32, **overrides}
+        model = SmallCNN(**config)
+        model.config = config  # so that checkpoints can rebuild it
+        return model
+    from minivit.vit import build_vit
+
+    return build_vit(name, **overrides)
+
+
+def load_checkpoint(path: str | Path, model: nn.Module | None = None,
+                    map_location="cpu") -> tuple[nn.Module, dict]:
+    """Load a checkpoint written by :func:`fit` (or exported): ``(model, info)``.
+
+    Without ``model`` the model is rebuilt from the stored class and config. The weights
+    are the evaluated ones (the EMA when the run kept one). ``info`` holds the history,
+    recipe, normalization ``mean``/``std``, ``classes`` and, if recorded, ``command`` and
+    ``test_acc``. A checkpoint of another architecture raises ``ValueError``.
+    """
+    checkpoint = _read_checkpoint(path, map_location)
+    if model is None:
+        if checkpoint["model_config"] is None:
+            raise ValueError(f"checkpoint {path} stores no model config; pass the model: load_checkpoint(path, model)")
+        if checkpoint["model_class"] == "ViT":
+            from minivit.vit import ViT
+
+            model = ViT(**checkpoint["model_config"])
+        elif checkpoint["model_class"] == "SmallCNN":
+            model = build_model("small_cnn", **checkpoint["model_config"])
+        else:
+            raise ValueError(f"checkpoint {path} holds a {checkpoint['model_class']}, which minivit cannot rebuild; "
+                             f"pass the model: load_checkpoint(path, model)")
+    _check_same_architecture(checkpoint, model, path)
+    weights = checkpoint["ema"] if checkpoint.get("ema") is not None else checkpoint["model"]
+    _unwrap(model).load_state_dict(weights)
+    info = {key: checkpoint[key] for key in checkpoint if key not in ("model", "ema", "optimizer", "scheduler",
+                                                                      "scaler", "rng", "ema_n_averaged")}
+    info["history"] = History.from_dict(checkpoint["history"])
+    info["mean"] = torch.tensor(checkpoint["normalization"]["mean"])
+    info["std"] = torch.tensor(checkpoint["normalization"]["std"])
+    return model.eval(), info
+
+
+def export_checkpoint(source: str | Path, target: str | Path, **extra) -> Path:
+    """Write a small inference checkpoint (evaluated weights, config, statistics, history, ``extra``)."""
+    checkpoint = _read_checkpoint(source)
+    weights = checkpoint["ema"] if checkpoint.get("ema") is not None else checkpoint["model"]
+    slim = {key: value for key, value in checkpoint.items()
+            if key not in ("optimizer", "scheduler", "scaler", "rng", "ema", "ema_n_averaged")}
+    slim.update(model=weights, ema=None, **extra)
+    _atomic_save(slim, Path(target))
+    return Path(target)
+
+
+def load_pretrained_cifar_vit(map_location="cpu") -> tuple[nn.Module, dict]:
+    """The small CIFAR-10 ViT shipped with minivit (trained by chapter 4's ``cpu`` recipe): ``(model, info)``."""
+    if not SHIPPED_CHECKPOINT.is_file():
+        raise FileNotFoundError(f"the shipped checkpoint {SHIPPED_CHECKPOINT.name} is missing from the package; "
+                                f"reinstall minivit or train one with `python -m minivit.train`")
+    return load_checkpoint(SHIPPED_CHECKPOINT, map_location=map_location)
+
+
+# --------------------------------------------------------------------------- the loop
+def fit(
+    model: nn.Module,
+    train_set: ImageSet,
+    test_set: ImageSet,
+    epochs: int,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    weight_decay: float = 0.05,
+    warmup: float = 1.0,
+    label_smoothing: float = 0.1,
+    grad_clip: float | None = 1.0,
+    augment: Augment | None = Augment(),
+    min_lr_ratio: float = 0.01,
+    ema_decay: float | None = None,
+    tta_flip: bool = False,
+    seed: int = 0,
+    eval_batch_size: int = 500,
+    amp: str = "auto",
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = True,
+    compile: bool = False,
+    device: torch.device | str | None = None,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> History:
+    """Train ``model`` on ``train_set`` for ``epochs`` epochs, testing after each; returns the :class:`History`.
+
+    ``batch_size`` is the global batch (split across processes under DDP), ``warmup`` is
+    in epochs (may be fractional). With ``checkpoint_dir`` the state is saved after every
+    epoch to ``checkpoint_dir/last.pt`` and, with ``resume``, a run picks up where the last
+    one stopped. ``stop_after`` ends this call after that many epochs (as if interrupted).
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if batch_size < 1 or lr <= 0:
+        raise ValueError(f"batch_size must be >= 1 and lr > 0, got batch_size={batch_size}, lr={lr}")
+    if len(train_set) < batch_size:
+        raise ValueError(f"the training set has {len(train_set)} images, fewer than one batch of {batch_size}")
+    if ema_decay is not None and not 0 < ema_decay < 1:
+        raise ValueError(f"ema_decay must be in (0, 1) or None, got {ema_decay}")
+    rank, world_size = _distributed()
+    device = torch.device(device) if device is not None else _default_device(rank)
+    amp_dtype = resolve_amp(amp, device)
+    recipe = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
+                  label_smoothing=label_smoothing, grad_clip=grad_clip, min_lr_ratio=min_lr_ratio,
+                  ema_decay=ema_decay, tta_flip=tta_flip, seed=seed,
+                  augment=asdict(augment) if augment is not None else None, train_size=len(train_set))
+
+    # data: uint8 tensors, moved once; statistics from the training set
+    train_images, train_labels = train_set.images.to(device), train_set.labels.to(device)
+    mean, std = channel_stats(train_images)
+    steps_per_epoch = num_batches(len(train_set), batch_size, drop_last=True)
+    total_steps = epochs * steps_per_epoch
+    warmup_steps = min(round(warmup * steps_per_epoch), total_steps - 1)
+
+    model.to(device)
+    optimizer = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.999),
+                                  fused=device.type == "cuda")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # SequentialLR's "epoch parameter" deprecation note
+        scheduler = warmup_cosine(optimizer, total_steps, warmup_steps, min_lr_ratio)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True) if ema_decay else None
+    history, start_epoch = History(), 0
+
+    checkpoint_path = Path(checkpoint_dir) / "last.pt" if checkpoint_dir is not None else None
+    if checkpoint_path is not None and resume and checkpoint_path.is_file():
+        checkpoint = _read_checkpoint(checkpoint_path, map_location=device)
+        _check_same_architecture(checkpoint, model, checkpoint_path)
+        if checkpoint["recipe"] != recipe:
+            changed = {k: (checkpoint["recipe"].get(k), v) for k, v in recipe.items() if checkpoint["recipe"].get(k) != v}
+            raise ValueError(f"{checkpoint_path} was written by another recipe (stored vs now: {changed}); "
+                             f"use another checkpoint_dir or resume=False")
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        if ema is not None:
+            ema.module.load_state_dict(checkpoint["ema"])
+            ema.n_averaged.fill_(checkpoint["ema_n_averaged"])
+        torch.set_rng_state(checkpoint["rng"]["torch"].cpu())
+        if device.type == "cuda" and checkpoint["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(checkpoint["rng"]["cuda"].cpu(), device)
+        history, start_epoch = History.from_dict(checkpoint["history"]), checkpoint["epoch"]
+        if rank == 0 and progress:
+            print(f"resumed from {checkpoint_path.name} after epoch {start_epoch}/{epochs}")
+
+    train_model: nn.Module = model
+    if world_size > 1:
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    if compile:
+        train_model = torch.compile(train_model)
+    eval_model = ema.module if ema is not None else model
+
+    last_epoch = epochs if stop_after is None else min(epochs, start_epoch + stop_after)
+    for epoch in range(start_epoch, last_epoch):
+        started = time.perf_counter()
+        train_model.train()
+        totals = torch.zeros(3, device=device)  # loss sum, correct, count
+        batches = iterate_batches(train_images, train_labels, batch_size, shuffle=True, seed=seed, epoch=epoch,
+                                  drop_last=True, augment=augment, rank=rank, world_size=world_size)
+        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
+                   disable=not progress or rank != 0, dynamic_ncols=True)
+        for step, (images, labels) in enumerate(bar):
+            inputs = normalize(images, mean, std)  # (B, C, H, W) float
+            with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+                logits = train_model(inputs)
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if grad_clip:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
+            totals += torch.stack([loss.detach() * len(labels), (logits.argmax(1) == labels).sum(),
+                                   torch.tensor(len(labels), device=device)])
+            if step % 10 == 0 or step == steps_per_epoch - 1:
+                bar.set_postfix(loss=f"{totals[0].item() / totals[2].item():.3f}",
+                                acc=f"{totals[1].item() / totals[2].item():.1%}",
+                                lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+        bar.close()
+        if world_size > 1:
+            dist.all_reduce(totals)
+        test_loss, test_acc = evaluate(eval_model, test_set, mean, std, eval_batch_size, tta_flip, amp_dtype, device)
+        history.append(train_loss=totals[0].item() / totals[2].item(), train_acc=totals[1].item() / totals[2].item(),
+                       test_loss=test_loss, test_acc=test_acc, lr=optimizer.param_groups[0]["lr"],
+                       seconds=time.perf_counter() - started)
+        if rank == 0 and progress:
+            print(f"epoch {epoch + 1:3d}/{epochs}  train loss {history.train_loss[-1]:.3f} acc "
+                  f"{history.train_acc[-1]:6.1%}  test loss {test_loss:.3f} acc {test_acc:6.1%}  "
+                  f"({history.seconds[-1]:.0f} s)", flush=True)
+        if checkpoint_path is not None and rank == 0:
+            name, config = _model_description(model)
+            _atomic_save({
+                "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "model_class": name, "model_config": config,
+                "model": model.state_dict(),
+                "ema": ema.module.state_dict() if ema is not None else None,
+                "ema_n_averaged": int(ema.n_averaged) if ema is not None else 0,
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "rng": {"torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+                "history": history.to_dict(), "recipe": recipe,
+                "normalization": {"mean": mean.tolist(), "std": std.tolist()},
+                "classes": list(train_set.classes),
+            }, checkpoint_path)
+        if world_size > 1:
+            dist.barrier()
+    return history
+
+
+def _default_device(rank: int) -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
+    from minivit.runtime import get_device
+
+    return get_device()
+
+
+# --------------------------------------------------------------------------- recipes and command line
+# One recipe per profile. Measured on the 2-core CPU of the course machine; see README.
+RECIPES: dict[str, dict] = {
+    "smoke": dict(train_limit=1000, test_limit=500, epochs=2, batch_size=100, lr=1e-3, weight_decay=0.05,
+                  warmup=0.5, label_smoothing=0.1, grad_clip=1.0, crop_padding=4, trivial_augment=False,
+                  ema_decay=None, tta_flip=False, amp="auto", compile=False, model={}),
+    "cpu": dict(train_limit=None, test_limit=None, epochs=20, batch_size=256, lr=2e-3, weight_decay=0.05,
+                warmup=1.0, label_smoothing=0.1, grad_clip=1.0, crop_padding=4, trivial_augment=False,
+                ema_decay=None, tta_flip=True, amp="off", compile=False, model={}),
+    "gpu": dict(train_limit=None, test_limit=None, epochs=100, batch_size=512, lr=2e-3, weight_decay=0.05,
+                warmup=5.0, label_smoothing=0.1, grad_clip=1.0, crop_padding=4, trivial_augment=True,
+                ema_decay=0.999, tta_flip=True, amp="auto", compile=True,
+                model=dict(dim=384, depth=7, num_heads=6, mlp_dim=768)),
+}
+
+
+def _parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m minivit.train", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", default="vit_cifar_small", help="a ViT config of minivit.vit.CONFIGS, or small_cnn")
+    parser.add_argument("--profile", default=None, choices=("smoke", "cpu", "gpu"),
+                        help="recipe to use (default: $MINIVIT_PROFILE, else gpu with CUDA, else cpu)")
+    parser.add_argument("--out", required=True, help="output folder: checkpoints, history.json, final.pt")
+    for name, kind in [("epochs", int), ("batch-size", int), ("lr", float), ("weight-decay", float),
+                       ("warmup", float), ("label-smoothing", float), ("grad-clip", float), ("ema-decay", float),
+                       ("train-limit", int), ("test-limit", int), ("crop-padding", int)]:
+        parser.add_argument(f"--{name}", type=kind, default=None, help="override the profile's value")
+    parser.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default=None)
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--trivial-augment", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--model", default="{}", help='JSON of model overrides, e.g. \'{"dim": 128, "depth": 4}\'')
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-resume", action="store_true", help="start afresh even if OUT/last.pt exists")
+    parser.add_argument("--export", default=None, help="also write a small inference checkpoint to this path")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> History:
+    from minivit.data import load_cifar10
+    from minivit.runtime import get_profile, seed_everything
+
+    args = _parse_args(argv)
+    command = "python -m minivit.train " + " ".join(sys.argv[1:] if argv is None else argv)
+    profile = args.profile or get_profile()
+    recipe = dict(RECIPES[profile])
+    for key in recipe:
+        value = getattr(args, key, None) if key != "model" else None
+        if value is not None:
+            recipe[key] = value
+    model_overrides = {**recipe.pop("model"), **json.loads(args.model)}
+
+    started = time.perf_counter()
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        if backend == "gloo":  # share the cores between the processes of this machine
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    seed_everything(args.seed)
+    train_set = load_cifar10("train", limit=recipe.pop("train_limit"))
+    test_set = load_cifar10("test", limit=recipe.pop("test_limit"))
+    model = build_model(args.config, **model_overrides)
+    augment = Augment(crop_padding=recipe.pop("crop_padding"), trivial_augment=recipe.pop("trivial_augment"))
+    if rank == 0:
+        params = sum(p.numel() for p in model.parameters())
+        print(f"{args.config} {model_overrides or ''} ({params / 1e6:.2f} M parameters), profile {profile}, "
+              f"{world_size} process(es), recipe {recipe}", flush=True)
+    out = Path(args.out)
+    history = fit(model, train_set, test_set, augment=augment, checkpoint_dir=out, resume=not args.no_resume,
+                  seed=args.seed, **recipe)
+    wall = time.perf_counter() - started
+    if rank == 0:
+        summary = {"command": command, "profile": profile, "processes": world_size, "wall_seconds": wall,
+                   "test_acc": history.test_acc[-1], "history": history.to_dict()}
+        (out / "history.json").write_text(json.dumps(summary, indent=1))
+        print(f"done: test accuracy {history.test_acc[-1]:.2%}, {wall / 60:.1f} min wall-clock (with data loading)")
+        if args.export:
+            export_checkpoint(out / "last.pt", args.export, command=command, test_acc=history.test_acc[-1],
+                              wall_seconds=wall, hardware=_hardware())
+            print(f"exported {args.export}")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return history
+
+
+def _hardware() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+
+
+if __name__ == "__main__":
+    main()
