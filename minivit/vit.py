@@ -276,6 +276,13 @@ def load_torchvision_weights(model: ViT, state_dict: Mapping[str, torch.Tensor])
         raise ValueError("pass a state dict (tv_model.state_dict()) or use vit_from_torchvision(tv_model)")
     converted = convert_torchvision_state_dict(state_dict)
     target = model.state_dict()
+    if not any(key in target for key in converted):
+        first_keys = ", ".join(list(state_dict)[:5])
+        raise ValueError(
+            f"this is not a torchvision VisionTransformer state dict: none of its {len(state_dict)} keys "
+            f"({first_keys}, ...) has a counterpart in minivit's ViT (expected keys such as class_token, "
+            "conv_proj.weight, encoder.pos_embedding, encoder.layers.encoder_layer_0.ln_1.weight)"
+        )
     missing = [key for key in target if key not in converted]
     unexpected = [key.removeprefix("unmapped:") for key in converted if key not in target]
     mismatched = [
@@ -295,10 +302,11 @@ def load_torchvision_weights(model: ViT, state_dict: Mapping[str, torch.Tensor])
             problems.append(f"{len(missing)} missing key(s) (minivit names): {listing(missing)}")
         if unexpected:
             problems.append(f"{len(unexpected)} unexpected key(s) (torchvision names): {listing(unexpected)}")
+        summary = ", ".join(f"{key}={model.config[key]}" for key in ("image_size", "patch_size", "dim", "depth", "num_classes"))
         raise ValueError(
-            f"state dict does not fit this ViT (config {model.config}): " + "; ".join(problems)
-            + ". Is it a torchvision VisionTransformer of the same configuration? "
-            "vit_from_torchvision(tv_model) builds the matching ViT."
+            "state dict does not fit this ViT: " + "; ".join(problems)
+            + f". The ViT has {summary}; is the state dict a torchvision VisionTransformer of that configuration? "
+            "(vit_from_torchvision(tv_model) builds the matching ViT.)"
         )
     model.load_state_dict(converted)
     return model
