@@ -201,6 +201,38 @@ def test_decoder_layer_equals_torch_post_norm_layer_without_positions():
     torch.testing.assert_close(out, reference(tgt, memory))
 
 
+def test_decoder_layer_adds_positions_to_queries_and_keys_only():
+    """The official decoder layer (post-norm) written with PyTorch's own attention modules."""
+    torch.manual_seed(0)
+    ours = DETRDecoderLayer(32, 4, 64, dropout=0.0).eval()
+    ref = nn.TransformerDecoderLayer(32, 4, 64, dropout=0.0, batch_first=True).eval()
+    ref.load_state_dict({minivit_to_official_key(k): v for k, v in ours.state_dict().items()})
+    tgt, query_pos = torch.randn(2, 5, 32), torch.randn(2, 5, 32)
+    memory, pos = torch.randn(2, 9, 32), torch.randn(2, 9, 32)
+    padding = torch.zeros(2, 9, dtype=torch.bool)
+    padding[0, 6:] = True
+    out, _, cross = ours(tgt, memory, pos, query_pos, padding, need_weights=True)
+    x = ref.norm1(tgt + ref.self_attn(tgt + query_pos, tgt + query_pos, tgt)[0])
+    x = ref.norm2(x + ref.multihead_attn(x + query_pos, memory + pos, memory, key_padding_mask=padding)[0])
+    x = ref.norm3(x + ref.linear2(torch.relu(ref.linear1(x))))
+    torch.testing.assert_close(out, x)
+    assert cross[0, :, :, 6:].abs().max() == 0  # no attention to padded keys
+
+
+def test_pretrained_backbone_falls_back_with_a_warning(monkeypatch):
+    real_resnet50 = torchvision.models.resnet50
+
+    def offline_resnet50(weights=None, **kwargs):
+        if weights is not None:
+            raise OSError("no network")
+        return real_resnet50(weights=None, **kwargs)
+
+    monkeypatch.setattr(torchvision.models, "resnet50", offline_resnet50)
+    with pytest.warns(UserWarning, match="RANDOM weights"):
+        backbone = Backbone(pretrained=True)
+    assert isinstance(backbone.body.bn1, FrozenBatchNorm2d)
+
+
 def test_sine_position_encoding_values_and_padding():
     encoding = PositionEmbeddingSine(num_pos_feats=8)
     mask = torch.zeros(1, 4, 6, dtype=torch.bool)
