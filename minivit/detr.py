@@ -255,17 +255,19 @@ class DETRDecoderLayer(nn.Module):
 
 
 class DETREncoder(nn.Module):
-    def __init__(self, num_layers: int, *layer_args):
+    """A stack of encoder layers (no final norm: post-norm layers end normalized already)."""
+
+    def __init__(self, num_layers: int, dim: int, num_heads: int, dim_feedforward: int, dropout: float):
         super().__init__()
-        self.layers = nn.ModuleList(DETREncoderLayer(*layer_args) for _ in range(num_layers))
+        self.layers = nn.ModuleList(DETREncoderLayer(dim, num_heads, dim_feedforward, dropout) for _ in range(num_layers))
 
 
 class DETRDecoder(nn.Module):
-    """Decoder layers and one shared final LayerNorm, applied to every layer's output."""
+    """A stack of decoder layers and one shared final LayerNorm, applied to every layer's output."""
 
-    def __init__(self, num_layers: int, dim: int, *layer_args):
+    def __init__(self, num_layers: int, dim: int, num_heads: int, dim_feedforward: int, dropout: float):
         super().__init__()
-        self.layers = nn.ModuleList(DETRDecoderLayer(dim, *layer_args) for _ in range(num_layers))
+        self.layers = nn.ModuleList(DETRDecoderLayer(dim, num_heads, dim_feedforward, dropout) for _ in range(num_layers))
         self.norm = nn.LayerNorm(dim)
 
 
