@@ -10,7 +10,6 @@ Masks follow the references they are tested against:
 from __future__ import annotations
 
 import math
-import statistics
 import time
 import weakref
 from dataclasses import dataclass
@@ -135,7 +134,7 @@ class MultiHeadAttention(nn.Module):
 
 @dataclass
 class AttentionCost:
-    """What one attention call cost: median wall time (s) and peak memory (bytes) it allocated."""
+    """What one attention call cost: its best wall time over the repeats (s) and the peak memory it allocated (bytes)."""
 
     seconds: float
     peak_bytes: int
@@ -195,8 +194,9 @@ def measure_attention_cost(
 
     ``fused=True`` times ``F.scaled_dot_product_attention``, ``fused=False`` the written-out
     :func:`scaled_dot_product_attention` (which materializes the (B, H, N, N) weights). Time is
-    the median of ``repeats`` calls after one warm-up call. Peak memory is the memory the call
-    allocated on top of its inputs: ``torch.cuda.max_memory_allocated`` on CUDA; elsewhere the
+    the fastest of ``repeats`` calls after one warm-up call (the minimum, as ``timeit``
+    recommends: other load on the machine only ever adds time). Peak memory is the memory the
+    call allocated on top of its inputs: ``torch.cuda.max_memory_allocated`` on CUDA; elsewhere the
     peak of live tensors created op by op (scratch memory inside one fused kernel is not seen).
     """
     if seq_len < 1 or head_dim < 1 or num_heads < 1 or batch_size < 1 or repeats < 1:
@@ -235,4 +235,4 @@ def measure_attention_cost(
             with _LiveTensorBytes() as tracker:
                 attend()
             peak_bytes = tracker.peak
-    return AttentionCost(seconds=statistics.median(times), peak_bytes=int(peak_bytes))
+    return AttentionCost(seconds=min(times), peak_bytes=int(peak_bytes))
