@@ -485,20 +485,59 @@ RECIPES: dict[str, dict] = {
     "smoke": dict(train_limit=1000, test_limit=500, epochs=2, batch_size=100, lr=1e-3, weight_decay=0.05,
                   warmup=0.5, label_smoothing=0.1, grad_clip=1.0, crop_padding=4, trivial_augment=False,
                   ema_decay=None, tta_flip=False, amp="auto", compile=False, model={}),
-    "cpu": dict(train_limit=None, test_limit=None, epochs=20, batch_size=256, lr=2e-3, weight_decay=0.05,
+    # cpu: the 0.55 M-parameter vit_cifar_small, as many epochs as fit into --time-budget (default 28 min)
+    "cpu": dict(train_limit=None, test_limit=None, epochs=15, batch_size=256, lr=2e-3, weight_decay=0.05,
                 warmup=1.0, label_smoothing=0.1, grad_clip=1.0, crop_padding=4, trivial_augment=False,
                 ema_decay=None, tta_flip=True, amp="off", compile=False, model={}),
-    "gpu": dict(train_limit=None, test_limit=None, epochs=100, batch_size=512, lr=2e-3, weight_decay=0.05,
-                warmup=5.0, label_smoothing=0.1, grad_clip=1.0, crop_padding=4, trivial_augment=True,
-                ema_decay=0.999, tta_flip=True, amp="auto", compile=True,
-                model=dict(dim=384, depth=7, num_heads=6, mlp_dim=768)),
+    # gpu: data and augmentation on the GPU, bf16, torch.compile, the 3.7 M-parameter vit_cifar_lite
+    "gpu": dict(train_limit=None, test_limit=None, epochs=200, batch_size=512, lr=2e-3, weight_decay=0.05,
+                warmup=3.0, label_smoothing=0.1, grad_clip=1.0, crop_padding=4, trivial_augment=True,
+                ema_decay=0.999, tta_flip=True, amp="auto", compile=True, model={}),
 }
+DEFAULT_CONFIG = {"smoke": "vit_cifar_small", "cpu": "vit_cifar_small", "gpu": "vit_cifar_lite"}
+DEFAULT_BUDGET_MINUTES = {"smoke": None, "cpu": 28.0, "gpu": None}
+
+
+def plan_epochs(model: nn.Module, train_set: ImageSet, test_set: ImageSet, budget_seconds: float,
+                batch_size: int, augment: Augment | None, tta_flip: bool = False, amp: str = "off",
+                device: torch.device | str | None = None, steps: int = 6) -> tuple[int, float]:
+    """How many epochs fit into ``budget_seconds``: times ``steps`` training steps of a copy of
+    the model and one test batch, extrapolates to an epoch (train + test), keeps 5 % spare.
+    Returns ``(epochs, estimated seconds per epoch)``."""
+    import copy
+
+    device = torch.device(device) if device is not None else _default_device(0)
+    amp_dtype = resolve_amp(amp, device)
+    probe = copy.deepcopy(model).to(device).train()
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=1e-4)
+    images, labels = train_set.images[:batch_size].to(device), train_set.labels[:batch_size].to(device)
+    mean, std = channel_stats(images)
+
+    def train_step():
+        batch = augment(images, generator=torch.Generator().manual_seed(0)) if augment is not None else images
+        with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+            loss = F.cross_entropy(probe(normalize(batch, mean, std)).float(), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    train_step()  # warm-up (allocations, kernel choice)
+    started = time.perf_counter()
+    for _ in range(steps):
+        train_step()
+    train_per_image = (time.perf_counter() - started) / (steps * batch_size)
+    started = time.perf_counter()
+    predict(probe, test_set.images[:500], mean, std, tta_flip=tta_flip, amp_dtype=amp_dtype, device=device)
+    test_per_image = (time.perf_counter() - started) / min(500, len(test_set))
+    epoch_seconds = 1.05 * (len(train_set) * train_per_image + len(test_set) * test_per_image)
+    return max(1, int(budget_seconds // epoch_seconds)), epoch_seconds
 
 
 def _parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m minivit.train", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--config", default="vit_cifar_small", help="a ViT config of minivit.vit.CONFIGS, or small_cnn")
+    parser.add_argument("--config", default=None,
+                        help="a ViT config of minivit.vit.CONFIGS, or small_cnn (default: the profile's)")
     parser.add_argument("--profile", default=None, choices=("smoke", "cpu", "gpu"),
                         help="recipe to use (default: $MINIVIT_PROFILE, else gpu with CUDA, else cpu)")
     parser.add_argument("--out", required=True, help="output folder: checkpoints, history.json, final.pt")
@@ -511,6 +550,9 @@ def _parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--trivial-augment", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--model", default="{}", help='JSON of model overrides, e.g. \'{"dim": 128, "depth": 4}\'')
+    parser.add_argument("--time-budget", type=float, default=None,
+                        help="minutes for the whole run: the epochs are planned from a measured step time "
+                             "(cpu default 28; 0 = use --epochs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-resume", action="store_true", help="start afresh even if OUT/last.pt exists")
     parser.add_argument("--export", default=None, help="also write a small inference checkpoint to this path")
@@ -541,15 +583,34 @@ def main(argv=None) -> History:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     rank = dist.get_rank() if dist.is_initialized() else 0
     seed_everything(args.seed)
+    config = args.config or DEFAULT_CONFIG[profile]
     train_set = load_cifar10("train", limit=recipe.pop("train_limit"))
     test_set = load_cifar10("test", limit=recipe.pop("test_limit"))
-    model = build_model(args.config, **model_overrides)
+    model = build_model(config, **model_overrides)
     augment = Augment(crop_padding=recipe.pop("crop_padding"), trivial_augment=recipe.pop("trivial_augment"))
+    budget = args.time_budget if args.time_budget is not None else DEFAULT_BUDGET_MINUTES[profile]
+    out = Path(args.out)
+    resuming = (out / "last.pt").is_file() and not args.no_resume
+    if resuming and args.epochs is None:  # keep the plan of the interrupted run
+        recipe["epochs"] = _read_checkpoint(out / "last.pt")["recipe"]["epochs"]
+    elif budget and args.epochs is None:
+        spent = time.perf_counter() - started
+        planned, epoch_seconds = plan_epochs(model, train_set, test_set, 60 * budget - spent - 10,
+                                             recipe["batch_size"] // world_size, augment, recipe["tta_flip"],
+                                             recipe["amp"])
+        if world_size > 1:  # every rank must run the same number of epochs: take rank 0's plan
+            plan = torch.tensor([planned], dtype=torch.float64)
+            dist.broadcast(plan, 0)
+            planned = int(plan.item())
+        recipe["epochs"] = planned
+        recipe["warmup"] = min(recipe["warmup"], planned / 5)  # a short run must not be all warmup
+        if rank == 0:
+            print(f"time budget {budget:g} min: measured ~{epoch_seconds:.0f} s per epoch -> {planned} epochs",
+                  flush=True)
     if rank == 0:
         params = sum(p.numel() for p in model.parameters())
-        print(f"{args.config} {model_overrides or ''} ({params / 1e6:.2f} M parameters), profile {profile}, "
+        print(f"{config} {model_overrides or ''} ({params / 1e6:.2f} M parameters), profile {profile}, "
               f"{world_size} process(es), recipe {recipe}", flush=True)
-    out = Path(args.out)
     history = fit(model, train_set, test_set, augment=augment, checkpoint_dir=out, resume=not args.no_resume,
                   seed=args.seed, **recipe)
     wall = time.perf_counter() - started
