@@ -195,10 +195,8 @@ CONFIGS: dict[str, dict] = {
     "vit_b_32": dict(image_size=224, patch_size=32, num_classes=1000, dim=768, depth=12, num_heads=12, mlp_dim=3072),
     "vit_l_16": dict(image_size=224, patch_size=16, num_classes=1000, dim=1024, depth=24, num_heads=16, mlp_dim=4096),
     # chapter 4's cpu recipe (0.55 M parameters; ~450 img/s training on a 2-core CPU) and gpu recipe (3.7 M)
-    "vit_cifar_small": dict(image_size=32, patch_size=4, num_classes=10, dim=128, depth=4, num_heads=4, mlp_dim=256,
-                            pool="mean"),
-    "vit_cifar_lite": dict(image_size=32, patch_size=4, num_classes=10, dim=256, depth=7, num_heads=4, mlp_dim=512,
-                           pool="mean"),
+    "vit_cifar_small": dict(image_size=32, patch_size=4, num_classes=10, dim=128, depth=4, num_heads=4, mlp_dim=256),
+    "vit_cifar_lite": dict(image_size=32, patch_size=4, num_classes=10, dim=256, depth=7, num_heads=4, mlp_dim=512),
 }
 
 
