@@ -24,6 +24,19 @@ from minivit.matching import HungarianMatcher, SetCriterion
 
 TINY_DETR_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "tiny_detr_shapes.pt"
 
+# The chapter-6 recipe's model: few queries, a 3-stage CNN (stride 8: 8 x 8 tokens for 64-px
+# images), 2 + 2 transformer layers of width 64, auxiliary outputs on every decoder layer.
+TINY_DETR_CONFIG = {
+    "num_classes": 3,
+    "num_queries": 10,
+    "hidden_dim": 64,
+    "num_heads": 4,
+    "num_encoder_layers": 2,
+    "num_decoder_layers": 2,
+    "dim_feedforward": 128,
+    "backbone_widths": (16, 32, 64),
+}
+
 # ----------------------------------------------------------------------------- mean average precision
 
 
@@ -232,8 +245,8 @@ def load_tiny_detr(path=None, map_location="cpu") -> tuple[DETR, dict]:
     path = Path(path) if path is not None else TINY_DETR_CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(
-            f"no tiny-DETR checkpoint at {path}; run notebooks/06_hungarian_matching.ipynb "
-            f"(or `python -m minivit.detection --train`) to train and save one"
+            f"no tiny-DETR checkpoint at {path}; run notebooks/06_hungarian_matching.ipynb, "
+            f"which trains one and saves it (runs/06_tiny_detr_shapes.pt)"
         )
     checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     model = build_tiny_detr(**checkpoint["config"])

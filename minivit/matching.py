@@ -132,7 +132,7 @@ def hungarian(cost, record: list | None = None) -> tuple[np.ndarray, np.ndarray]
             col = previous
             path.append(col)
         row_of_col[m] = -1
-        note("augment: flip the alternating path to a free column", row=row, path_cols=path[:-1][::-1])
+        note("augment: flip the alternating path to a free column", row=row, path_cols=[int(c) for c in path[:-1][::-1]])
 
     cols = np.flatnonzero(row_of_col[:m] >= 0)
     rows = row_of_col[cols]
