@@ -5,7 +5,7 @@ N = gh * gw patches row by row), B images, Q object queries of DETR.
 
 * :func:`capture_attention`: every layer's and head's weights of a ViT, (L, B, H, T, T), from
   the model's weight-returning path ``forward_with_attention`` (no hooks, no patching);
-* :func:`class_token_maps`, :func:`attention_rollout` (Abnar & Zuidema, 2020);
+* :func:`query_maps`, :func:`attention_rollout` (Abnar & Zuidema, 2020);
 * :func:`mean_attention_distance` (ViT paper, Fig. 7 right), :func:`position_embedding_similarity`
   (Fig. 7 centre), :func:`patch_embedding_components` (Fig. 7 left);
 * :func:`cross_layer_similarity`: attention collapse across depth (DeepViT, Zhou et al. 2021);
@@ -27,11 +27,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.utils import draw_bounding_boxes
 
+from minivit.boxes import box_cxcywh_to_xyxy, denormalize_boxes
+
 # ----------------------------------------------------------------------------- capture
 
 
-def _num_prefix_tokens(model) -> int:
-    """Tokens before the patches (1 for a class token, 0 for mean pooling)."""
+def num_prefix_tokens(model) -> int:
+    """Tokens before the patches: 1 for a class token, 0 for a mean-pooled ViT."""
     return model.num_tokens - model.num_patches
 
 
@@ -74,8 +76,8 @@ def _check_grid(num_patches: int, grid_size: tuple[int, int]) -> tuple[int, int]
 # ----------------------------------------------------------------------------- maps
 
 
-def class_token_maps(attention: torch.Tensor, grid_size, query_index: int = 0, num_prefix_tokens: int = 1) -> torch.Tensor:
-    """The attention of one query token (default: the class token) over the patches.
+def query_maps(attention: torch.Tensor, grid_size, query_index: int = 0, num_prefix_tokens: int = 1) -> torch.Tensor:
+    """The attention of one query token (default: token 0, the class token) over the patches.
 
     attention (..., T, T) -> (..., gh, gw): row ``query_index``, patch columns only (the
     weight on the prefix tokens is left out, so a map need not sum to one).
@@ -84,6 +86,22 @@ def class_token_maps(attention: torch.Tensor, grid_size, query_index: int = 0, n
     grid_h, grid_w = _check_grid(attention.shape[-1] - num_prefix_tokens, grid_size)
     row = attention[..., query_index, num_prefix_tokens:]  # (..., N)
     return row.reshape(*row.shape[:-1], grid_h, grid_w)
+
+
+def classifier_maps(attention: torch.Tensor, grid_size, num_prefix_tokens: int = 1) -> torch.Tensor:
+    """Where the classifier's input looks: attention (..., T, T) -> (..., gh, gw).
+
+    With a class token (``num_prefix_tokens=1``) this is the class token's row. A mean-pooled
+    ViT classifies the average of all tokens, and the attention part of that average is
+    ``sum_j (mean_i a_ij) v_j``: its weights are the mean of all query rows, which is what
+    we return when there is no prefix token.
+    """
+    if num_prefix_tokens:
+        return query_maps(attention, grid_size, 0, num_prefix_tokens)
+    _check_square(attention)
+    grid_h, grid_w = _check_grid(attention.shape[-1], grid_size)
+    pooled = attention.mean(dim=-2)  # (..., N): the average query's weights
+    return pooled.reshape(*pooled.shape[:-1], grid_h, grid_w)
 
 
 def upsample_maps(maps: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
@@ -274,12 +292,16 @@ def overlay_heatmap(
     image: torch.Tensor, heatmap: torch.Tensor, size: int = 256, alpha: float = 0.6, cmap: str = "inferno"
 ) -> np.ndarray:
     """The image (C, H, W) enlarged to size x size with a min-max scaled heatmap (h, w) on top: (size, size, 3) uint8."""
-    base = enlarge(image, size).astype(np.float32) / 255  # (size, size, 3)
-    heat = upsample_maps(heatmap.detach().float().cpu(), (size, size)).numpy()
+    return blend_heatmap(enlarge(image, size), heatmap, alpha, cmap)
+
+
+def blend_heatmap(base: np.ndarray, heatmap: torch.Tensor, alpha: float = 0.6, cmap: str = "inferno") -> np.ndarray:
+    """An enlarged image (S, S, 3) uint8 with a min-max scaled heatmap (h, w) blended on top: (S, S, 3) uint8."""
+    heat = upsample_maps(heatmap.detach().float().cpu(), base.shape[:2]).numpy()  # (S, S)
     heat = (heat - heat.min()) / max(float(heat.max() - heat.min()), 1e-12)
-    colored = matplotlib.colormaps[cmap](heat)[..., :3]  # (size, size, 3)
-    blended = (1 - alpha) * base + alpha * colored
-    return (blended.clip(0, 1) * 255).round().astype(np.uint8)
+    colored = matplotlib.colormaps[cmap](heat, bytes=True)[..., :3].astype(np.float32)  # (S, S, 3) in 0..255
+    blended = (1 - alpha) * base.astype(np.float32) + alpha * colored
+    return blended.clip(0, 255).round().astype(np.uint8)
 
 
 def enlarge(image: torch.Tensor, size: int = 256) -> np.ndarray:
@@ -317,7 +339,7 @@ def image_from_bytes(data: bytes, size: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------- explorers
 
 HEAD_MEAN, HEAD_ROLLOUT = "mean of heads", "rollout"
-QUERY_CLASS_TOKEN, QUERY_PATCH = "class token", "patch"
+QUERY_CLASS_TOKEN, QUERY_POOLED, QUERY_PATCH = "class token", "mean of all tokens", "patch"
 ALL_ABOVE_THRESHOLD = "all above threshold"
 
 
@@ -351,7 +373,7 @@ class ViTAttentionExplorer:
             raise ValueError(f"images must be a non-empty uint8 batch (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
         self.model, self.images, self.labels = model.eval(), images, labels
         self.class_names, self.preprocess, self.display_size = class_names, preprocess, display_size
-        self.num_prefix_tokens = _num_prefix_tokens(model)
+        self.num_prefix_tokens = num_prefix_tokens(model)
         self.grid_size, self.patch_size = model.grid_size, model.patch_size
         depth, num_heads = model.config["depth"], model.config["num_heads"]
         grid = self.grid_size
@@ -364,10 +386,11 @@ class ViTAttentionExplorer:
         self.head = widgets.Dropdown(
             options=[HEAD_MEAN, HEAD_ROLLOUT] + [f"head {h}" for h in range(num_heads)], description="head"
         )
-        query_options = ([QUERY_CLASS_TOKEN] if self.num_prefix_tokens else []) + [QUERY_PATCH]
+        query_options = [QUERY_CLASS_TOKEN if self.num_prefix_tokens else QUERY_POOLED, QUERY_PATCH]
         self.query = widgets.ToggleButtons(options=query_options, description="query")
-        self.row = widgets.IntSlider(value=grid // 2, min=0, max=grid - 1, description="patch row")
-        self.col = widgets.IntSlider(value=grid // 2, min=0, max=grid - 1, description="patch column")
+        labels = {"description_width": "initial"}  # show the whole description
+        self.row = widgets.IntSlider(value=grid // 2, min=0, max=grid - 1, description="patch row", style=labels)
+        self.col = widgets.IntSlider(value=grid // 2, min=0, max=grid - 1, description="patch column", style=labels)
         self.picture = widgets.Image(format="png", width=2 * display_size, height=display_size)
         self.caption = widgets.HTML()
         for widget, name in ((self.layer, "layer"), (self.row, "row"), (self.col, "col"), (self.picture, "picture")):
@@ -401,6 +424,7 @@ class ViTAttentionExplorer:
         """Make ``image`` (3, H, W) uint8 the current image: run the model once and redraw."""
         logits, attention = capture_attention(self.model, self.preprocess(image[None]))
         self.image, self.image_label = image, name
+        self.enlarged = enlarge(image, self.display_size)  # (S, S, 3), reused by every redraw
         self.probabilities = logits.softmax(dim=-1)[0]  # (classes,)
         self.attention = attention[:, 0].float()  # (L, H, T, T)
         self.head_mean = self.attention.mean(dim=1)  # (L, T, T)
@@ -430,12 +454,6 @@ class ViTAttentionExplorer:
             self.redraw()
 
     # --- per change: slice, colour, encode
-    def query_index(self) -> int:
-        """The token whose attention row is shown."""
-        if self.query.value == QUERY_CLASS_TOKEN:
-            return 0
-        return self.num_prefix_tokens + self.row.value * self.grid_size + self.col.value
-
     def current_map(self) -> torch.Tensor:
         """The (gh, gw) map the widgets select."""
         layer, head = self.layer.value, self.head.value
@@ -445,17 +463,20 @@ class ViTAttentionExplorer:
             matrix = self.rollout[layer]
         else:
             matrix = self.attention[layer, int(head.split()[-1])]
-        return class_token_maps(matrix, self.grid_size, self.query_index(), self.num_prefix_tokens)
+        if self.query.value != QUERY_PATCH:  # what the classifier reads
+            return classifier_maps(matrix, self.grid_size, self.num_prefix_tokens)
+        query = self.num_prefix_tokens + self.row.value * self.grid_size + self.col.value
+        return query_maps(matrix, self.grid_size, query, self.num_prefix_tokens)
 
     def render(self) -> np.ndarray:
         """The picture: the image (query patch framed) beside the attention map over it: (S, 2S, 3) uint8."""
         size = self.display_size
-        left = enlarge(self.image, size)
+        left = self.enlarged
         if self.query.value == QUERY_PATCH:
             cell = size / self.grid_size
             box = torch.tensor([[self.col.value * cell, self.row.value * cell, (self.col.value + 1) * cell, (self.row.value + 1) * cell]])
             left = draw_boxes(left, box, colors="cyan", width=3)
-        right = overlay_heatmap(self.image, self.current_map(), size)
+        right = blend_heatmap(self.enlarged, self.current_map())
         return np.concatenate([left, right], axis=1)
 
     def redraw(self, change=None) -> None:
@@ -471,7 +492,7 @@ class ViTAttentionExplorer:
         top = int(self.probabilities.argmax())
         predicted = self.class_names[top] if self.class_names else str(top)
         peak_row, peak_col = divmod(int(attention_map.argmax()), self.grid_size)
-        query = "class token" if self.query.value == QUERY_CLASS_TOKEN else f"patch (row {self.row.value}, column {self.col.value})"
+        query = self.query.value if self.query.value != QUERY_PATCH else f"patch (row {self.row.value}, column {self.col.value})"
         return (
             f"{self.image_label}; predicted {predicted} ({self.probabilities[top]:.0%})\n"
             f"layer {self.layer.value}, {self.head.value}, query {query}: strongest on patch "
@@ -497,20 +518,158 @@ class ViTAttentionExplorer:
         print(self.summary())
 
 
+def _identity(images: torch.Tensor) -> torch.Tensor:
+    return images
+
+
+class DETRAttentionExplorer:
+    """Explore what DETR's object queries look at: per query its box, class, score and
+    decoder cross-attention map (mean over heads), or all queries above a threshold.
+
+    ``images`` (N, 3, H, W) float in [0, 1] (or uint8) are shown; ``preprocess`` turns them
+    into the model's input. One forward pass per image; a widget change only redraws.
+    """
+
+    def __init__(
+        self,
+        model,
+        images: torch.Tensor,
+        class_names: Sequence[str],
+        preprocess: Callable[[torch.Tensor], torch.Tensor] = _identity,
+        threshold: float = 0.7,
+        display_size: int = 256,
+    ):
+        import ipywidgets as widgets
+
+        if images.dim() != 4 or len(images) == 0:
+            raise ValueError(f"images must be a non-empty batch (N, 3, H, W), got shape {tuple(images.shape)}")
+        self.model, self.class_names, self.preprocess = model.eval(), list(class_names), preprocess
+        self.images = images.float() / 255 if images.dtype == torch.uint8 else images
+        self.display_size = display_size
+        num_layers = len(model.transformer.decoder.layers)
+        self.image_picker = widgets.Dropdown(options=[(f"image {i}", i) for i in range(len(images))], description="image")
+        self.threshold = widgets.FloatSlider(value=threshold, min=0.05, max=0.95, step=0.05, description="threshold")
+        self.query = widgets.Dropdown(description="query", layout=widgets.Layout(width="360px"))
+        self.layer = widgets.IntSlider(
+            value=num_layers - 1, min=0, max=num_layers - 1, description="decoder layer", style={"description_width": "initial"}
+        )
+        self.picture = widgets.Image(format="png", width=2 * display_size, height=display_size)
+        self.caption = widgets.HTML()
+        self.picture.add_class("minivit-detr-picture")
+        self._updating_options = False
+        self.image_picker.observe(lambda change: self.set_image(change["new"]), names="value")
+        self.threshold.observe(self._on_threshold, names="value")
+        for widget in (self.query, self.layer):
+            widget.observe(self.redraw, names="value")
+        self.widget = widgets.VBox([
+            widgets.HBox([self.image_picker, self.threshold]),
+            widgets.HBox([self.query, self.layer]),
+            self.picture,
+            self.caption,
+        ])
+        self.set_image(0)
+
+    @torch.no_grad()
+    def set_image(self, index: int) -> None:
+        """Run DETR once on image ``index``; keep every query's prediction and cross-attention."""
+        self.image = self.images[index]
+        self.enlarged = enlarge(self.image, self.display_size)  # (S, S, 3), reused by every redraw
+        outputs, attention = self.model.forward_with_attention(self.preprocess(self.image[None]))
+        probabilities = outputs["pred_logits"][0].softmax(dim=-1)[:, :-1]  # (Q, classes): without "no object"
+        self.scores, self.labels = probabilities.max(dim=-1)  # (Q,)
+        height, width = self.image.shape[-2:]
+        self.boxes = denormalize_boxes(box_cxcywh_to_xyxy(outputs["pred_boxes"][0]), (height, width))  # (Q, 4) pixels
+        self.feature_size = attention["feature_size"]
+        cross = attention["decoder_cross"][:, 0].mean(dim=1)  # (L, Q, h*w)
+        self.cross_maps = cross.reshape(*cross.shape[:2], *self.feature_size)  # (L, Q, h, w)
+        self._update_query_options()
+
+    def _on_threshold(self, change) -> None:
+        self._update_query_options()
+
+    def _update_query_options(self) -> None:
+        options = [(f"{ALL_ABOVE_THRESHOLD} ({len(self.kept_queries())})", ALL_ABOVE_THRESHOLD)]
+        order = torch.argsort(self.scores, descending=True).tolist()
+        options += [(f"query {q}: {self.class_names[self.labels[q]]} {self.scores[q]:.2f}", q) for q in order]
+        current = self.query.value
+        self._updating_options = True  # setting options fires value changes: redraw once, at the end
+        try:
+            self.query.options = options
+            self.query.value = current if current in [value for _, value in options] else ALL_ABOVE_THRESHOLD
+        finally:
+            self._updating_options = False
+        self.redraw()
+
+    def kept_queries(self) -> list[int]:
+        """The queries whose best class scores above the threshold."""
+        return torch.nonzero(self.scores > self.threshold.value).flatten().tolist()
+
+    def selected_queries(self) -> list[int]:
+        return self.kept_queries() if self.query.value == ALL_ABOVE_THRESHOLD else [self.query.value]
+
+    def render(self) -> np.ndarray:
+        """The image with the selected boxes beside their (summed) cross-attention: (S, 2S, 3) uint8."""
+        size, queries = self.display_size, self.selected_queries()
+        scale = size / self.image.shape[-1]
+        labels = [f"{self.class_names[self.labels[q]]} {self.scores[q]:.2f}" for q in queries]
+        colors = [tuple(int(255 * v) for v in matplotlib.colormaps["tab10"](i % 10)[:3]) for i in range(len(queries))]
+        left = draw_boxes(self.enlarged, self.boxes[queries] * scale, labels, colors=colors or "lime")
+        maps = self.cross_maps[self.layer.value, queries]  # (K, h, w)
+        if len(queries) == 0:
+            right = self.enlarged // 3  # nothing above the threshold: a dimmed image
+        else:
+            normalized = maps / maps.flatten(1).amax(dim=1)[:, None, None]
+            right = blend_heatmap(self.enlarged, normalized.sum(dim=0))
+        return np.concatenate([left, right], axis=1)
+
+    def redraw(self, change=None) -> None:
+        """Recompute the picture and caption from the widgets."""
+        if self._updating_options:
+            return
+        start = time.perf_counter()
+        self.picture.value = png_bytes(self.render())
+        self.last_redraw_seconds = time.perf_counter() - start
+        self.caption.value = self.describe_current().replace("\n", "<br>")
+
+    def describe_current(self) -> str:
+        lines = []
+        for q in self.selected_queries():
+            box = ", ".join(f"{v:.0f}" for v in self.boxes[q].tolist())
+            lines.append(f"query {q}: {self.class_names[self.labels[q]]}, score {self.scores[q]:.2f}, box (x1, y1, x2, y2) = ({box}) px")
+        return "\n".join(lines) if lines else f"no query scores above {self.threshold.value:.2f}"
+
+    def summary(self) -> str:
+        layers, queries = self.cross_maps.shape[:2]
+        return (
+            f"DETR attention explorer: {len(self.images)} images, {queries} object queries, {layers} decoder layers, "
+            f"feature map {self.feature_size[0]}x{self.feature_size[1]}; {len(self.kept_queries())} queries above "
+            f"{self.threshold.value:.2f} on the current image:\n" + self.describe_current()
+        )
+
+    def show(self) -> None:
+        """Display the widgets (JupyterLab, Colab) and print the plain summary (seen everywhere)."""
+        from IPython.display import display
+
+        display(self.widget)
+        print(self.summary())
+
+
 # ----------------------------------------------------------------------------- figures
 
 
-def plot_map_grid(image: torch.Tensor, maps: torch.Tensor, row_labels: Sequence[str], col_labels: Sequence[str], title: str, size: int = 96):
-    """Heatmaps (rows, cols, gh, gw) over one image, one small panel each; returns the figure."""
+def plot_map_grid(images: torch.Tensor, maps: torch.Tensor, row_labels: Sequence[str], col_labels: Sequence[str], title: str, size: int = 96):
+    """Heatmaps (rows, cols, gh, gw) over images (one (C, H, W) for all rows, or (rows, C, H, W)), one small panel each."""
     import matplotlib.pyplot as plt
 
     rows, cols = maps.shape[:2]
-    figure, axes = plt.subplots(rows, cols + 1, figsize=(1.5 * (cols + 1), 1.5 * rows + 0.6), squeeze=False)
+    images = images.expand(rows, *images.shape) if images.dim() == 3 else images
+    figure, axes = plt.subplots(rows, cols + 1, figsize=(1.4 * (cols + 1), 1.4 * rows + 0.6), squeeze=False, dpi=72)
     for r in range(rows):
-        axes[r, 0].imshow(enlarge(image, size))
+        enlarged = enlarge(images[r], size)
+        axes[r, 0].imshow(enlarged)
         axes[r, 0].set_ylabel(row_labels[r], rotation=0, ha="right", va="center")
         for c in range(cols):
-            axes[r, c + 1].imshow(overlay_heatmap(image, maps[r, c], size))
+            axes[r, c + 1].imshow(blend_heatmap(enlarged, maps[r, c]))
             if r == 0:
                 axes[r, c + 1].set_title(col_labels[c], fontsize=9)
     for axis in axes.flat:
@@ -599,5 +758,57 @@ def plot_cross_layer_similarity(similarity: torch.Tensor, title: str):
     right.set_xticks(range(layers - 1), [f"{p}-{p + 1}" for p in range(layers - 1)])
     right.set_xlabel("layer pair (p, p+1)"), right.set_ylabel("similarity"), right.set_title("each layer vs. the next")
     figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def plot_detr_encoder_attention(image: torch.Tensor, encoder_attention: torch.Tensor, feature_size, references, layer: int = -1, size: int = 192):
+    """DETR encoder self-attention (mean of heads) at a few reference points (row, col) of the feature map."""
+    import matplotlib.pyplot as plt
+
+    height, width = feature_size
+    image_h, image_w = image.shape[-2:]
+    extent = (0, image_w, image_h, 0)  # axes in the image's own pixels
+    figure, axes = plt.subplots(1, len(references) + 1, figsize=(2.6 * (len(references) + 1), 3), dpi=80)
+    axes[0].imshow(enlarge(image, size), extent=extent)
+    for index, (row, col) in enumerate(references):
+        point = dict(x=[(col + 0.5) * image_w / width], y=[(row + 0.5) * image_h / height], s=60, color=f"C{index}", edgecolors="white")
+        axes[0].scatter(**point)
+        attention_map = detr_encoder_attention_at(encoder_attention, feature_size, (row, col), layer)
+        axes[index + 1].imshow(overlay_heatmap(image, attention_map, size), extent=extent)
+        axes[index + 1].scatter(**point)
+        axes[index + 1].set_title(f"reference (row {row}, col {col})", fontsize=9)
+    axes[0].set_title("image and reference points", fontsize=9)
+    for axis in axes:
+        axis.set_xlabel("x (pixels)", fontsize=8)
+    axes[0].set_ylabel("y (pixels)", fontsize=8)
+    layer_number = layer % len(encoder_attention)
+    figure.suptitle(f"DETR encoder self-attention (layer {layer_number}, mean of heads; feature map {height}x{width})")
+    figure.tight_layout()
+    return figure
+
+
+def plot_detr_queries(image: torch.Tensor, boxes: torch.Tensor, labels, scores, maps: torch.Tensor, class_names, size: int = 192):
+    """Per predicted object: its box (top) and its query's decoder cross-attention (bottom), as in the DETR paper."""
+    import matplotlib.pyplot as plt
+
+    count = max(len(boxes), 1)
+    figure, axes = plt.subplots(2, count, figsize=(2.2 * count, 4.6), squeeze=False, dpi=80)
+    scale = size / image.shape[-1]
+    for index in range(len(boxes)):
+        name = f"{class_names[int(labels[index])]} {float(scores[index]):.2f}"
+        color = tuple(int(255 * v) for v in matplotlib.colormaps["tab10"](index % 10)[:3])
+        axes[0, index].imshow(draw_boxes(enlarge(image, size), boxes[index : index + 1] * scale, [name], colors=[color]))
+        axes[0, index].set_title(name, fontsize=9)
+        axes[1, index].imshow(overlay_heatmap(image, maps[index], size))
+    if len(boxes) == 0:
+        axes[0, 0].imshow(enlarge(image, size))
+        axes[0, 0].set_title("no detection above the threshold", fontsize=9)
+        axes[1, 0].axis("off")
+    axes[0, 0].set_ylabel("predicted box")
+    axes[1, 0].set_ylabel("cross-attention")
+    for axis in axes.flat:
+        axis.set_xticks([]), axis.set_yticks([])
+    figure.suptitle("DETR: each detection's object query, its box and where it attends (last decoder layer)")
     figure.tight_layout()
     return figure

@@ -87,12 +87,12 @@ def test_patch_distance_matrix():
     assert distances[0, 5].item() == pytest.approx(math.hypot(10, 20))
 
 
-def test_class_token_maps_and_bad_grid():
+def test_query_maps_and_bad_grid():
     attention = torch.arange(25.0).reshape(5, 5)
-    torch.testing.assert_close(viz.class_token_maps(attention, 2), torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
-    torch.testing.assert_close(viz.class_token_maps(attention, 2, query_index=3), torch.tensor([[16.0, 17.0], [18.0, 19.0]]))
+    torch.testing.assert_close(viz.query_maps(attention, 2), torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+    torch.testing.assert_close(viz.query_maps(attention, 2, query_index=3), torch.tensor([[16.0, 17.0], [18.0, 19.0]]))
     with pytest.raises(ValueError, match="patch grid"):
-        viz.class_token_maps(attention, 3)
+        viz.query_maps(attention, 3)
 
 
 def test_position_embedding_similarity(small_vit):
@@ -196,3 +196,46 @@ def test_vit_explorer_upload(small_vit, images):
 def test_vit_explorer_rejects_float_images(small_vit):
     with pytest.raises(ValueError, match="uint8"):
         viz.ViTAttentionExplorer(small_vit, torch.rand(2, 3, 32, 32))
+
+
+def test_detr_explorer_callbacks():
+    from minivit.detr import build_tiny_detr
+
+    torch.manual_seed(0)
+    model = build_tiny_detr(num_classes=3, num_queries=5, hidden_dim=32, num_heads=2, dim_feedforward=64, backbone_widths=(8, 16, 16, 16))
+    images = torch.rand(2, 3, 64, 64)
+    explorer = viz.DETRAttentionExplorer(model, images, ["square", "circle", "triangle"], threshold=0.05)
+    assert explorer.cross_maps.shape == (2, 5, 4, 4)  # (decoder layers, queries, h, w) of a stride-16 backbone
+    assert len(explorer.query.options) == 6  # "all above threshold" and the five queries
+    first = explorer.picture.value
+    explorer.query.value = explorer.query.options[1][1]  # the best-scoring query
+    single = explorer.picture.value
+    assert single != first and "score" in explorer.caption.value
+    explorer.layer.value = 0
+    assert explorer.picture.value != single
+    explorer.threshold.value = 0.95  # nothing left: the plain account says so
+    explorer.query.value = viz.ALL_ABOVE_THRESHOLD
+    assert "no query scores above 0.95" in explorer.summary()
+    before = explorer.picture.value
+    explorer.image_picker.value = 1
+    assert explorer.picture.value != before
+
+
+def test_classifier_maps_class_token_and_mean_pooling():
+    attention = torch.arange(25.0).reshape(5, 5)
+    torch.testing.assert_close(viz.classifier_maps(attention, 2, num_prefix_tokens=1), torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+    patches_only = torch.tensor([[0.5, 0.5, 0, 0], [0, 1.0, 0, 0], [0, 0, 0, 1.0], [0.25, 0.25, 0.25, 0.25]])
+    # mean pooling: the average query's weights, i.e. the column means
+    torch.testing.assert_close(viz.classifier_maps(patches_only, 2, num_prefix_tokens=0), torch.tensor([[0.1875, 0.4375], [0.0625, 0.3125]]))
+
+
+def test_vit_explorer_with_mean_pooling(images):
+    torch.manual_seed(0)
+    model = ViT(image_size=32, patch_size=8, dim=32, depth=2, num_heads=2, mlp_dim=64, pool="mean").eval()
+    explorer = viz.ViTAttentionExplorer(model, images)
+    assert explorer.query.options == (viz.QUERY_POOLED, viz.QUERY_PATCH)
+    assert explorer.attention.shape == (2, 2, 16, 16)  # no class token
+    torch.testing.assert_close(explorer.current_map(), explorer.head_mean[1].mean(dim=0).reshape(4, 4))
+    before = explorer.picture.value
+    explorer.row.value = 0
+    assert explorer.picture.value != before and "patch (row 0, column 2)" in explorer.summary()
