@@ -19,6 +19,7 @@ import io
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 
 import matplotlib
 import numpy as np
@@ -343,6 +344,18 @@ QUERY_CLASS_TOKEN, QUERY_POOLED, QUERY_PATCH = "class token", "mean of all token
 ALL_ABOVE_THRESHOLD = "all above threshold"
 
 
+@contextmanager
+def one_thread():
+    """Run tiny tensor work (one image, one map) on one thread: for such small operations the
+    thread pool's synchronization costs more than it saves (on a busy 2-core CPU, 40x more)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _default_preprocess(images: torch.Tensor) -> torch.Tensor:
     return images.float() / 255
 
@@ -422,13 +435,14 @@ class ViTAttentionExplorer:
     # --- per image: one forward pass, everything a redraw needs
     def set_image(self, image: torch.Tensor, name: str) -> None:
         """Make ``image`` (3, H, W) uint8 the current image: run the model once and redraw."""
-        logits, attention = capture_attention(self.model, self.preprocess(image[None]))
-        self.image, self.image_label = image, name
-        self.enlarged = enlarge(image, self.display_size)  # (S, S, 3), reused by every redraw
-        self.probabilities = logits.softmax(dim=-1)[0]  # (classes,)
-        self.attention = attention[:, 0].float()  # (L, H, T, T)
-        self.head_mean = self.attention.mean(dim=1)  # (L, T, T)
-        self.rollout = attention_rollout_per_layer(self.attention)  # (L, T, T)
+        with one_thread():
+            logits, attention = capture_attention(self.model, self.preprocess(image[None]))
+            self.image, self.image_label = image, name
+            self.enlarged = enlarge(image, self.display_size)  # (S, S, 3), reused by every redraw
+            self.probabilities = logits.softmax(dim=-1)[0]  # (classes,)
+            self.attention = attention[:, 0].float()  # (L, H, T, T)
+            self.head_mean = self.attention.mean(dim=1)  # (L, T, T)
+            self.rollout = attention_rollout_per_layer(self.attention)  # (L, T, T)
         self.redraw()
 
     def _on_pick(self, change) -> None:
@@ -482,8 +496,9 @@ class ViTAttentionExplorer:
     def redraw(self, change=None) -> None:
         """Recompute the picture and caption from the widgets (every widget's callback)."""
         start = time.perf_counter()
-        attention_map = self.current_map()
-        self.picture.value = png_bytes(self.render())
+        with one_thread():
+            attention_map = self.current_map()
+            self.picture.value = png_bytes(self.render())
         self.last_redraw_seconds = time.perf_counter() - start
         self.caption.value = self.describe_current(attention_map).replace("\n", "<br>")
 
@@ -574,7 +589,8 @@ class DETRAttentionExplorer:
         """Run DETR once on image ``index``; keep every query's prediction and cross-attention."""
         self.image = self.images[index]
         self.enlarged = enlarge(self.image, self.display_size)  # (S, S, 3), reused by every redraw
-        outputs, attention = self.model.forward_with_attention(self.preprocess(self.image[None]))
+        with one_thread():
+            outputs, attention = self.model.forward_with_attention(self.preprocess(self.image[None]))
         probabilities = outputs["pred_logits"][0].softmax(dim=-1)[:, :-1]  # (Q, classes): without "no object"
         self.scores, self.labels = probabilities.max(dim=-1)  # (Q,)
         height, width = self.image.shape[-2:]
@@ -627,7 +643,8 @@ class DETRAttentionExplorer:
         if self._updating_options:
             return
         start = time.perf_counter()
-        self.picture.value = png_bytes(self.render())
+        with one_thread():
+            self.picture.value = png_bytes(self.render())
         self.last_redraw_seconds = time.perf_counter() - start
         self.caption.value = self.describe_current().replace("\n", "<br>")
 

@@ -170,7 +170,9 @@ def test_vit_explorer_callbacks_update_the_picture(small_vit, images):
 
 
 def test_vit_explorer_redraw_latency_under_200ms(small_vit, images):
+    threads = torch.get_num_threads()
     explorer = viz.ViTAttentionExplorer(small_vit, images)
+    assert torch.get_num_threads() == threads  # the explorer's single-thread section restores the setting
     timings = []
     for layer, row in ((0, 0), (1, 1), (2, 2), (0, 3), (1, 0), (2, 1)):
         start = time.perf_counter()
