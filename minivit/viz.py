@@ -344,6 +344,15 @@ QUERY_CLASS_TOKEN, QUERY_POOLED, QUERY_PATCH = "class token", "mean of all token
 ALL_ABOVE_THRESHOLD = "all above threshold"
 
 
+def _display_widget(widget, name: str) -> None:
+    """Display a widget; a saved notebook opened without its kernel shows a line, not the widget's repr."""
+    from IPython.display import display
+
+    bundle = widget._repr_mimebundle_()  # the IPython display protocol: widget view + text/plain
+    bundle["text/plain"] = f"[{name}: run the notebook in JupyterLab or Colab to use it]"
+    display(bundle, raw=True)
+
+
 @contextmanager
 def one_thread():
     """Run tiny tensor work (one image, one map) on one thread: for such small operations the
@@ -527,9 +536,7 @@ class ViTAttentionExplorer:
 
     def show(self) -> None:
         """Display the widgets (JupyterLab, Colab) and print the plain summary (seen everywhere)."""
-        from IPython.display import display
-
-        display(self.widget)
+        _display_widget(self.widget, "ViT attention explorer" if isinstance(self, ViTAttentionExplorer) else "DETR attention explorer")
         print(self.summary())
 
 
@@ -665,9 +672,7 @@ class DETRAttentionExplorer:
 
     def show(self) -> None:
         """Display the widgets (JupyterLab, Colab) and print the plain summary (seen everywhere)."""
-        from IPython.display import display
-
-        display(self.widget)
+        _display_widget(self.widget, "ViT attention explorer" if isinstance(self, ViTAttentionExplorer) else "DETR attention explorer")
         print(self.summary())
 
 

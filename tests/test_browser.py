@@ -183,7 +183,7 @@ def test_attention_explorer_in_jupyterlab(jupyter_lab):
             assert len({first, after_layer, after_patch}) == 3
 
             detr_picture.scroll_into_view_if_needed()
-            detr_picture.screenshot(path=SCREENSHOTS / "4_detr_explorer.png")
+            detr_picture.locator("xpath=..").screenshot(path=SCREENSHOTS / "4_detr_explorer.png")
         finally:
             browser.close()
     assert time.monotonic() - started < 180, "the browser test must stay under 3 minutes"
