@@ -702,16 +702,22 @@ def plot_map_grid(images: torch.Tensor, maps: torch.Tensor, row_labels: Sequence
     return figure
 
 
-def plot_mean_attention_distance(distances: dict[str, torch.Tensor], image_size: int):
-    """One panel per model: each head's mean attention distance (pixels) against its layer (ViT Fig. 7 right)."""
+def plot_mean_attention_distance(distances: dict[str, torch.Tensor], image_size: int, uniform_distance: float | None = None):
+    """One panel per model: each head's mean attention distance (pixels) against its layer (ViT Fig. 7 right).
+
+    ``uniform_distance``: drawn as a dashed line, the distance of attention spread evenly over the image.
+    """
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, len(distances), figsize=(4.5 * len(distances), 3.6), sharey=True, squeeze=False)
     for axis, (name, per_layer_head) in zip(axes[0], distances.items()):
+        per_layer_head = per_layer_head.detach().cpu().numpy()
         layers, heads = per_layer_head.shape
         for head in range(heads):
-            axis.scatter(torch.arange(layers), per_layer_head[:, head], s=18, label=f"head {head}")
-        axis.plot(torch.arange(layers), per_layer_head.mean(dim=1), color="black", lw=1, label="mean of heads")
+            axis.scatter(np.arange(layers), per_layer_head[:, head], s=18, label=f"head {head}")
+        axis.plot(np.arange(layers), per_layer_head.mean(axis=1), color="black", lw=1, label="mean of heads")
+        if uniform_distance is not None:
+            axis.axhline(uniform_distance, color="gray", ls="--", lw=1, label="uniform attention")
         axis.set_title(name)
         axis.set_xlabel("layer (network depth)")
         axis.set_xticks(range(layers))
@@ -727,6 +733,7 @@ def plot_position_similarity(similarity: torch.Tensor):
     """The (gh, gw) grid of (gh, gw) cosine-similarity maps of the position embeddings (ViT Fig. 7 centre)."""
     import matplotlib.pyplot as plt
 
+    similarity = similarity.detach().cpu().numpy()
     grid_h, grid_w = similarity.shape[:2]
     figure, axes = plt.subplots(grid_h, grid_w, figsize=(0.8 * grid_w + 1.2, 0.8 * grid_h + 0.6))
     for r in range(grid_h):
@@ -768,6 +775,7 @@ def plot_cross_layer_similarity(similarity: torch.Tensor, title: str):
     """DeepViT's cross-layer similarity: the (L, L) matrix and each layer's similarity with the next."""
     import matplotlib.pyplot as plt
 
+    similarity = similarity.detach().cpu().numpy()
     layers = similarity.shape[0]
     figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
     shown = left.imshow(similarity, vmin=0, vmax=1, cmap="magma")

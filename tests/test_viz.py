@@ -241,3 +241,28 @@ def test_vit_explorer_with_mean_pooling(images):
     before = explorer.picture.value
     explorer.row.value = 0
     assert explorer.picture.value != before and "patch (row 0, column 2)" in explorer.summary()
+
+
+def test_figures_have_titles_and_labels(small_vit, images):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    _, attention = viz.capture_attention(small_vit, images.float() / 255)
+    distances = viz.mean_attention_distance(attention, 4, 8).mean(dim=1)  # (L, H)
+    components, explained = viz.patch_embedding_components(small_vit.patch_embed.proj.weight, 4)
+    encoder = torch.rand(1, 1, 2, 4, 4).softmax(-1)
+    figures = [
+        viz.plot_map_grid(images[0], viz.query_maps(attention[:, 0], 4), ["a", "b", "c"], ["h0", "h1"], "maps"),
+        viz.plot_mean_attention_distance({"trained": distances, "untrained": distances}, 32, uniform_distance=12.0),
+        viz.plot_position_similarity(viz.position_embedding_similarity(small_vit.pos_embed, 4)),
+        viz.plot_patch_components(components, explained, "components"),
+        viz.plot_cross_layer_similarity(viz.cross_layer_similarity(attention), "collapse"),
+        viz.plot_detr_encoder_attention(images[0], encoder, (2, 2), [(0, 0), (1, 1)]),
+        viz.plot_detr_queries(images[0], torch.tensor([[2.0, 2.0, 20.0, 20.0]]), [1], [0.9], torch.rand(1, 2, 2), ["a", "b"]),
+    ]
+    for figure in figures:
+        assert figure._suptitle is not None and figure._suptitle.get_text()
+        plt.close(figure)
+    assert figures[1].axes[0].get_ylabel() == "mean attention distance (pixels)"
