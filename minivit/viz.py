@@ -679,13 +679,17 @@ class DETRAttentionExplorer:
 # ----------------------------------------------------------------------------- figures
 
 
-def plot_map_grid(images: torch.Tensor, maps: torch.Tensor, row_labels: Sequence[str], col_labels: Sequence[str], title: str, size: int = 96):
+def plot_map_grid(
+    images: torch.Tensor, maps: torch.Tensor, row_labels: Sequence[str], col_labels: Sequence[str], title: str,
+    size: int = 96, panel_inches: float = 1.4,
+):
     """Heatmaps (rows, cols, gh, gw) over images (one (C, H, W) for all rows, or (rows, C, H, W)), one small panel each."""
     import matplotlib.pyplot as plt
 
     rows, cols = maps.shape[:2]
     images = images.expand(rows, *images.shape) if images.dim() == 3 else images
-    figure, axes = plt.subplots(rows, cols + 1, figsize=(1.4 * (cols + 1), 1.4 * rows + 0.6), squeeze=False, dpi=72)
+    figsize = (panel_inches * (cols + 1) + 0.8, panel_inches * rows + 0.6)
+    figure, axes = plt.subplots(rows, cols + 1, figsize=figsize, squeeze=False, dpi=60)
     for r in range(rows):
         enlarged = enlarge(images[r], size)
         axes[r, 0].imshow(enlarged)
@@ -799,7 +803,7 @@ def plot_detr_encoder_attention(image: torch.Tensor, encoder_attention: torch.Te
     height, width = feature_size
     image_h, image_w = image.shape[-2:]
     extent = (0, image_w, image_h, 0)  # axes in the image's own pixels
-    figure, axes = plt.subplots(1, len(references) + 1, figsize=(2.6 * (len(references) + 1), 3), dpi=80)
+    figure, axes = plt.subplots(1, len(references) + 1, figsize=(2.6 * (len(references) + 1), 3), dpi=64)
     axes[0].imshow(enlarge(image, size), extent=extent)
     for index, (row, col) in enumerate(references):
         point = dict(x=[(col + 0.5) * image_w / width], y=[(row + 0.5) * image_h / height], s=60, color=f"C{index}", edgecolors="white")
@@ -823,7 +827,7 @@ def plot_detr_queries(image: torch.Tensor, boxes: torch.Tensor, labels, scores, 
     import matplotlib.pyplot as plt
 
     count = max(len(boxes), 1)
-    figure, axes = plt.subplots(2, count, figsize=(2.2 * count, 4.6), squeeze=False, dpi=80)
+    figure, axes = plt.subplots(2, count, figsize=(2.2 * count, 4.6), squeeze=False, dpi=56)
     scale = size / image.shape[-1]
     for index in range(len(boxes)):
         name = f"{class_names[int(labels[index])]} {float(scores[index]):.2f}"
