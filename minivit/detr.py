@@ -20,7 +20,10 @@ short, documented key map (:data:`OFFICIAL_KEY_MAP`, :func:`load_official_detr_s
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import math
+import socket
 import warnings
 from collections import OrderedDict
 
@@ -650,3 +653,26 @@ def load_official_detr_state_dict(model: DETR, state_dict: dict) -> None:
             "num_queries and layer counts?); " + "; ".join(problems)
         )
     model.load_state_dict(converted, strict=True)
+
+
+def load_official_detr_r50(url: str = OFFICIAL_DETR_R50_URL, timeout_s: float = 10.0) -> DETR | None:
+    """The official DETR-R50 (COCO, 42.0 AP) as a minivit ``DETR`` in eval mode, or ``None`` offline.
+
+    Downloads the checkpoint with ``torch.hub`` (cached in its hub directory; its messages,
+    which name local paths, are silenced), builds ``build_detr_r50()`` and loads the weights
+    with ``load_official_detr_state_dict``. When the download fails for any reason it prints
+    one sentence and returns ``None``; what to use instead is the caller's choice.
+    """
+    previous_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout_s)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            checkpoint = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False, weights_only=True)
+    except Exception as error:  # no internet, timeout, HTTP error, broken file: all mean "not available"
+        print(f"The official DETR-R50 weights could not be downloaded ({type(error).__name__}).")
+        return None
+    finally:
+        socket.setdefaulttimeout(previous_timeout)
+    model = build_detr_r50()
+    load_official_detr_state_dict(model, checkpoint)
+    return model.eval()

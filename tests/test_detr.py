@@ -1,5 +1,6 @@
 """Tests for minivit.detr: shapes, reference layers, official key map, padding masks, post-processing."""
 import math
+import urllib.error
 
 import pytest
 import torch
@@ -7,6 +8,7 @@ import torchvision
 from torch import nn
 
 from minivit.detr import (
+    OFFICIAL_DETR_R50_URL,
     DETR,
     Backbone,
     DETRDecoderLayer,
@@ -17,6 +19,7 @@ from minivit.detr import (
     PositionEmbeddingSine,
     build_detr_r50,
     build_tiny_detr,
+    load_official_detr_r50,
     load_official_detr_state_dict,
     minivit_to_official_key,
     official_to_minivit_key,
@@ -116,6 +119,36 @@ def test_official_key_map_round_trip(detr_r50):
         load_official_detr_state_dict(fresh, {"model": official})  # the checkpoint's layout
         expected, loaded = detr_r50(images), fresh(images)
     assert not torch.allclose(before, expected["pred_logits"])
+    torch.testing.assert_close(loaded["pred_logits"], expected["pred_logits"], rtol=0, atol=0)
+    torch.testing.assert_close(loaded["pred_boxes"], expected["pred_boxes"], rtol=0, atol=0)
+
+
+def test_load_official_detr_r50_offline_returns_none(monkeypatch, capsys):
+    def no_internet(*args, **kwargs):
+        raise urllib.error.URLError("no internet")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_internet)
+    assert load_official_detr_r50() is None
+    printed = capsys.readouterr().out
+    assert "could not be downloaded" in printed and printed.count("\n") == 1
+
+
+def test_load_official_detr_r50_loads_the_downloaded_checkpoint(monkeypatch, detr_r50):
+    checkpoint = {"model": to_official_state_dict(detr_r50)}
+    requested = []
+
+    def fake_download(url, **kwargs):
+        requested.append(url)
+        return checkpoint
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fake_download)
+    torch.manual_seed(1)  # the freshly built model starts from other weights than detr_r50
+    model = load_official_detr_r50()
+    assert isinstance(model, DETR) and not model.training
+    assert requested == [OFFICIAL_DETR_R50_URL]
+    images = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        expected, loaded = detr_r50(images), model(images)
     torch.testing.assert_close(loaded["pred_logits"], expected["pred_logits"], rtol=0, atol=0)
     torch.testing.assert_close(loaded["pred_boxes"], expected["pred_boxes"], rtol=0, atol=0)
 
