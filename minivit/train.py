@@ -82,10 +82,12 @@ class History:
             _, axes = plt.subplots(1, 2, figsize=(11, 3.8))
         epochs = range(1, self.epochs + 1)
         prefix = f"{label} " if label else ""
+        tested = [i for i, value in enumerate(self.test_acc) if not math.isnan(value)]  # eval_every > 1 skips some
         axes[0].plot(epochs, self.train_loss, "--", label=f"{prefix}train")
-        axes[0].plot(epochs, self.test_loss, "-", label=f"{prefix}test")
+        axes[0].plot([i + 1 for i in tested], [self.test_loss[i] for i in tested], "o-", ms=3, label=f"{prefix}test")
         axes[1].plot(epochs, [100 * a for a in self.train_acc], "--", label=f"{prefix}train")
-        axes[1].plot(epochs, [100 * a for a in self.test_acc], "-", label=f"{prefix}test")
+        axes[1].plot([i + 1 for i in tested], [100 * self.test_acc[i] for i in tested], "o-", ms=3,
+                     label=f"{prefix}test")
         axes[0].set(title="Loss per epoch", xlabel="epoch", ylabel="cross-entropy (nats)")
         axes[1].set(title="Accuracy per epoch", xlabel="epoch", ylabel="accuracy (%)")
         for ax in axes:
@@ -315,6 +317,50 @@ def load_pretrained_cifar_vit(map_location="cpu") -> tuple[nn.Module, dict]:
     return load_checkpoint(SHIPPED_CHECKPOINT, map_location=map_location)
 
 
+# --------------------------------------------------------------------------- progressive resizing
+def check_progressive(progressive) -> list[list] | None:
+    """Validate a progressive-resizing schedule ``[(size, fraction of the epochs), ...]``; returns lists."""
+    if not progressive:
+        return None
+    try:
+        phases = [[int(size), float(fraction)] for size, fraction in progressive]
+    except (TypeError, ValueError):
+        raise ValueError(f"progressive must be a list of (image size, fraction of the epochs) pairs, "
+                         f"e.g. [(16, 0.4), (24, 0.3), (32, 0.3)]; got {progressive!r}") from None
+    if any(size < 1 or fraction <= 0 for size, fraction in phases):
+        raise ValueError(f"progressive sizes and fractions must be positive, got {phases}")
+    if abs(sum(fraction for _, fraction in phases) - 1) > 1e-6:
+        raise ValueError(f"progressive fractions must add up to 1, got {phases} "
+                         f"(sum {sum(f for _, f in phases):g})")
+    return phases
+
+
+def train_sizes(progressive, epochs: int, full_size: int) -> list[int]:
+    """The training image size of each epoch: ``full_size`` throughout, or the phases of ``progressive``.
+
+    Epoch ``e`` belongs to the phase that holds the middle of the epoch, ``(e + 0.5) / epochs``;
+    every phase with at least half an epoch gets its epochs.
+    """
+    phases = check_progressive(progressive)
+    if phases is None:
+        return [full_size] * epochs
+    sizes, ends, total = [], [], 0.0
+    for _, fraction in phases:
+        total += fraction
+        ends.append(total)
+    for epoch in range(epochs):
+        middle = (epoch + 0.5) / epochs
+        sizes.append(next((size for (size, _), end in zip(phases, ends) if middle < end), phases[-1][0]))
+    return sizes
+
+
+def resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Float images (B, C, H, W) -> (B, C, size, size), bilinear with antialiasing (a no-op at H = W = size)."""
+    if images.shape[-2:] == (size, size):
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
 # --------------------------------------------------------------------------- the loop
 def fit(
     model: nn.Module,
@@ -340,6 +386,8 @@ def fit(
     device: torch.device | str | None = None,
     stop_after: int | None = None,
     progress: bool = True,
+    progressive: list | None = None,
+    eval_every: int = 1,
 ) -> History:
     """Train ``model`` on ``train_set`` for ``epochs`` epochs, testing after each; returns the :class:`History`.
 
@@ -347,6 +395,10 @@ def fit(
     in epochs (may be fractional). With ``checkpoint_dir`` the state is saved after every
     epoch to ``checkpoint_dir/last.pt`` and, with ``resume``, a run picks up where the last
     one stopped. ``stop_after`` ends this call after that many epochs (as if interrupted).
+    ``progressive`` trains on downscaled images first, e.g. ``[(16, 0.4), (24, 0.3), (32, 0.3)]``
+    (image size, fraction of the epochs; the model must accept several sizes, like a ViT with
+    ``dynamic_size=True``); ``eval_every`` tests every that many epochs and after the last
+    (the other epochs record NaN as test loss and accuracy).
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -356,13 +408,17 @@ def fit(
         raise ValueError(f"the training set has {len(train_set)} images, fewer than one batch of {batch_size}")
     if ema_decay is not None and not 0 < ema_decay < 1:
         raise ValueError(f"ema_decay must be in (0, 1) or None, got {ema_decay}")
+    if eval_every < 1:
+        raise ValueError(f"eval_every must be >= 1, got {eval_every}")
+    progressive = check_progressive(progressive)
     rank, world_size = _distributed()
     device = torch.device(device) if device is not None else _default_device(rank)
     amp_dtype = resolve_amp(amp, device)
     recipe = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
                   label_smoothing=label_smoothing, grad_clip=grad_clip, min_lr_ratio=min_lr_ratio,
                   ema_decay=ema_decay, tta_flip=tta_flip, seed=seed,
-                  augment=asdict(augment) if augment is not None else None, train_size=len(train_set))
+                  augment=asdict(augment) if augment is not None else None, train_size=len(train_set),
+                  progressive=progressive)
 
     # data: uint8 tensors, moved once; statistics from the training set
     train_images, train_labels = train_set.images.to(device), train_set.labels.to(device)
@@ -370,6 +426,7 @@ def fit(
     steps_per_epoch = num_batches(len(train_set), batch_size, drop_last=True)
     total_steps = epochs * steps_per_epoch
     warmup_steps = min(round(warmup * steps_per_epoch), total_steps - 1)
+    sizes = train_sizes(progressive, epochs, train_set.images.shape[-1])
 
     model.to(device)
     optimizer = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.999),
@@ -420,7 +477,7 @@ def fit(
         bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
                    disable=not progress or rank != 0, dynamic_ncols=True)
         for step, (images, labels) in enumerate(bar):
-            inputs = normalize(images, mean, std)  # (B, C, H, W) float
+            inputs = resize_batch(normalize(images, mean, std), sizes[epoch])  # (B, C, size, size) float
             with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
                 logits = train_model(inputs)
                 loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
@@ -443,12 +500,16 @@ def fit(
         bar.close()
         if world_size > 1:
             dist.all_reduce(totals)
-        test_loss, test_acc = evaluate(eval_model, test_set, mean, std, eval_batch_size, tta_flip, amp_dtype, device)
+        if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
+            test_loss, test_acc = evaluate(eval_model, test_set, mean, std, eval_batch_size, tta_flip, amp_dtype,
+                                           device)
+        else:
+            test_loss = test_acc = float("nan")
         history.append(train_loss=totals[0].item() / totals[2].item(), train_acc=totals[1].item() / totals[2].item(),
                        test_loss=test_loss, test_acc=test_acc, lr=optimizer.param_groups[0]["lr"],
                        seconds=time.perf_counter() - started)
         if rank == 0 and progress:
-            print(f"epoch {epoch + 1:3d}/{epochs}  train loss {history.train_loss[-1]:.3f} acc "
+            print(f"epoch {epoch + 1:3d}/{epochs}  {sizes[epoch]}px  train loss {history.train_loss[-1]:.3f} acc "
                   f"{history.train_acc[-1]:6.1%}  test loss {test_loss:.3f} acc {test_acc:6.1%}  "
                   f"({history.seconds[-1]:.0f} s)", flush=True)
         if checkpoint_path is not None and rank == 0:
@@ -484,15 +545,19 @@ def _default_device(rank: int) -> torch.device:
 RECIPES: dict[str, dict] = {
     "smoke": dict(train_limit=1000, test_limit=500, epochs=2, batch_size=100, lr=1e-3, weight_decay=0.05,
                   warmup=0.5, label_smoothing=0.1, grad_clip=1.0, crop_padding=4, trivial_augment=False,
-                  ema_decay=None, tta_flip=False, amp="auto", compile=False, model={}),
-    # cpu: the 0.55 M-parameter vit_cifar_small, as many epochs as fit into --time-budget (default 28 min)
-    "cpu": dict(train_limit=None, test_limit=None, epochs=15, batch_size=256, lr=2e-3, weight_decay=0.05,
+                  ema_decay=None, tta_flip=False, amp="auto", compile=False, progressive=None, eval_every=1,
+                  model={}),
+    # cpu: the 0.55 M-parameter vit_cifar_small, as many epochs as fit into --time-budget (default 28 min);
+    # progressive resizing: 16 px (16 tokens) and 24 px (36 tokens) epochs cost 1/4 and 1/2 of a 32 px epoch
+    "cpu": dict(train_limit=None, test_limit=None, epochs=15, batch_size=128, lr=2e-3, weight_decay=0.05,
                 warmup=1.0, label_smoothing=0.1, grad_clip=1.0, crop_padding=4, trivial_augment=False,
-                ema_decay=None, tta_flip=True, amp="off", compile=False, model={}),
+                ema_decay=None, tta_flip=True, amp="off", compile=False,
+                progressive=[[16, 0.4], [24, 0.3], [32, 0.3]], eval_every=4, model={}),
     # gpu: data and augmentation on the GPU, bf16, torch.compile, the 3.7 M-parameter vit_cifar_lite
     "gpu": dict(train_limit=None, test_limit=None, epochs=200, batch_size=512, lr=2e-3, weight_decay=0.05,
                 warmup=3.0, label_smoothing=0.1, grad_clip=1.0, crop_padding=4, trivial_augment=True,
-                ema_decay=0.999, tta_flip=True, amp="auto", compile=True, model={}),
+                ema_decay=0.999, tta_flip=True, amp="auto", compile=True, progressive=None, eval_every=1,
+                model={}),
 }
 DEFAULT_CONFIG = {"smoke": "vit_cifar_small", "cpu": "vit_cifar_small", "gpu": "vit_cifar_lite"}
 DEFAULT_BUDGET_MINUTES = {"smoke": None, "cpu": 28.0, "gpu": None}
@@ -500,9 +565,11 @@ DEFAULT_BUDGET_MINUTES = {"smoke": None, "cpu": 28.0, "gpu": None}
 
 def plan_epochs(model: nn.Module, train_set: ImageSet, test_set: ImageSet, budget_seconds: float,
                 batch_size: int, augment: Augment | None, tta_flip: bool = False, amp: str = "off",
-                device: torch.device | str | None = None, steps: int = 6) -> tuple[int, float]:
+                device: torch.device | str | None = None, steps: int = 6, progressive: list | None = None,
+                eval_every: int = 1) -> tuple[int, float]:
     """How many epochs fit into ``budget_seconds``: times ``steps`` training steps of a copy of
-    the model and one test batch, extrapolates to an epoch (train + test), keeps 5 % spare.
+    the model (at each size of a ``progressive`` schedule) and one test batch, extrapolates to
+    an epoch (training + its share of testing), keeps 5 % spare.
     Returns ``(epochs, estimated seconds per epoch)``."""
     import copy
 
@@ -513,23 +580,26 @@ def plan_epochs(model: nn.Module, train_set: ImageSet, test_set: ImageSet, budge
     images, labels = train_set.images[:batch_size].to(device), train_set.labels[:batch_size].to(device)
     mean, std = channel_stats(images)
 
-    def train_step():
+    def train_step(size: int):
         batch = augment(images, generator=torch.Generator().manual_seed(0)) if augment is not None else images
         with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-            loss = F.cross_entropy(probe(normalize(batch, mean, std)).float(), labels)
+            loss = F.cross_entropy(probe(resize_batch(normalize(batch, mean, std), size)).float(), labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
 
-    train_step()  # warm-up (allocations, kernel choice)
-    started = time.perf_counter()
-    for _ in range(steps):
-        train_step()
-    train_per_image = (time.perf_counter() - started) / (steps * batch_size)
+    phases = check_progressive(progressive) or [[images.shape[-1], 1.0]]
+    train_per_image = 0.0
+    for size, fraction in phases:
+        train_step(size)  # warm-up (allocations, kernel choice)
+        started = time.perf_counter()
+        for _ in range(steps):
+            train_step(size)
+        train_per_image += fraction * (time.perf_counter() - started) / (steps * batch_size)
     started = time.perf_counter()
     predict(probe, test_set.images[:500], mean, std, tta_flip=tta_flip, amp_dtype=amp_dtype, device=device)
     test_per_image = (time.perf_counter() - started) / min(500, len(test_set))
-    epoch_seconds = 1.05 * (len(train_set) * train_per_image + len(test_set) * test_per_image)
+    epoch_seconds = 1.05 * (len(train_set) * train_per_image + len(test_set) * test_per_image / eval_every)
     return max(1, int(budget_seconds // epoch_seconds)), epoch_seconds
 
 
@@ -550,6 +620,10 @@ def _parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--trivial-augment", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--model", default="{}", help='JSON of model overrides, e.g. \'{"dim": 128, "depth": 4}\'')
+    parser.add_argument("--progressive", default=None,
+                        help='JSON progressive-resizing schedule [[size, fraction of epochs], ...], '
+                             'e.g. \'[[16, 0.4], [32, 0.6]]\'; "none" trains at full size throughout')
+    parser.add_argument("--eval-every", type=int, default=None, help="test every N epochs (and after the last)")
     parser.add_argument("--time-budget", type=float, default=None,
                         help="minutes for the whole run: the epochs are planned from a measured step time "
                              "(cpu default 28; 0 = use --epochs)")
@@ -568,9 +642,11 @@ def main(argv=None) -> History:
     profile = args.profile or get_profile()
     recipe = dict(RECIPES[profile])
     for key in recipe:
-        value = getattr(args, key, None) if key != "model" else None
+        value = getattr(args, key, None) if key not in ("model", "progressive") else None
         if value is not None:
             recipe[key] = value
+    if args.progressive is not None:
+        recipe["progressive"] = None if args.progressive.lower() == "none" else json.loads(args.progressive)
     model_overrides = {**recipe.pop("model"), **json.loads(args.model)}
 
     started = time.perf_counter()
@@ -597,7 +673,8 @@ def main(argv=None) -> History:
         spent = time.perf_counter() - started
         planned, epoch_seconds = plan_epochs(model, train_set, test_set, 60 * budget - spent - 10,
                                              recipe["batch_size"] // world_size, augment, recipe["tta_flip"],
-                                             recipe["amp"])
+                                             recipe["amp"], progressive=recipe["progressive"],
+                                             eval_every=recipe["eval_every"])
         if world_size > 1:  # every rank must run the same number of epochs: take rank 0's plan
             plan = torch.tensor([planned], dtype=torch.float64)
             dist.broadcast(plan, 0)

@@ -105,6 +105,7 @@ class ViT(nn.Module):
         pool: str = "cls",
         pos_embed: str = "learned",
         norm_eps: float = 1e-6,
+        dynamic_size: bool = False,
     ):
         super().__init__()
         if pool not in POOLS:
@@ -116,8 +117,9 @@ class ViT(nn.Module):
         self.config = dict(
             image_size=image_size, patch_size=patch_size, in_channels=in_channels, num_classes=num_classes,
             dim=dim, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim, dropout=dropout,
-            attn_dropout=attn_dropout, pool=pool, pos_embed=pos_embed, norm_eps=norm_eps,
+            attn_dropout=attn_dropout, pool=pool, pos_embed=pos_embed, norm_eps=norm_eps, dynamic_size=dynamic_size,
         )
+        self.dynamic_size = dynamic_size  # accept other image sizes (multiples of P), resampling positions
         self.image_size, self.patch_size, self.pool = image_size, patch_size, pool
         self.grid_size = image_size // patch_size
         self.num_patches = self.grid_size**2
@@ -159,17 +161,37 @@ class ViT(nn.Module):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> input tokens of the encoder (B, T, D)."""
         _check_image_batch(images, self.patch_size, self.patch_embed.in_channels)
-        if images.shape[-2:] != (self.image_size, self.image_size):
+        height, width = images.shape[-2:]
+        if (height, width) != (self.image_size, self.image_size) and not self.dynamic_size:
             raise ValueError(
                 f"this ViT expects {self.image_size}x{self.image_size} images (its position embeddings have "
-                f"{self.num_patches} patches), got {images.shape[-2]}x{images.shape[-1]}; resize the images"
+                f"{self.num_patches} patches), got {height}x{width}; resize the images, or build the ViT with "
+                f"dynamic_size=True to resample its position embeddings to other sizes"
             )
         tokens = self.patch_embed(images)  # (B, N, D)
         if self.cls_token is not None:
             tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)  # (B, T, D)
         if self.pos_embed is not None:
-            tokens = tokens + self.pos_embed
+            tokens = tokens + self.position_embedding(height // self.patch_size, width // self.patch_size)
         return self.dropout(tokens)
+
+    def position_embedding(self, rows: int, cols: int) -> torch.Tensor:
+        """Position embeddings (1, T, D) for a grid of rows x cols patches.
+
+        The model's own grid returns ``pos_embed`` itself; another grid (``dynamic_size=True``,
+        e.g. smaller images early in a progressive-resizing run) gets the patch part of the
+        table resampled bicubically, as a function on the image plane (as timm and DeiT III do).
+        """
+        if (rows, cols) == (self.grid_size, self.grid_size):
+            return self.pos_embed
+        extra = 1 if self.cls_token is not None else 0
+        cls_pos, grid = self.pos_embed[:, :extra], self.pos_embed[:, extra:]  # (1, 1 or 0, D), (1, N, D)
+        dim = grid.shape[-1]
+        grid = grid.reshape(1, self.grid_size, self.grid_size, dim).permute(0, 3, 1, 2)  # (1, D, g, g)
+        grid = nn.functional.interpolate(grid, size=(rows, cols), mode="bicubic", align_corners=False,
+                                         antialias=rows < self.grid_size or cols < self.grid_size)
+        grid = grid.permute(0, 2, 3, 1).reshape(1, rows * cols, dim)  # (1, rows*cols, D)
+        return torch.cat([cls_pos, grid], dim=1)  # (1, T, D)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """The encoder's output tokens after the final norm: (B, T, D)."""
@@ -195,8 +217,10 @@ CONFIGS: dict[str, dict] = {
     "vit_b_32": dict(image_size=224, patch_size=32, num_classes=1000, dim=768, depth=12, num_heads=12, mlp_dim=3072),
     "vit_l_16": dict(image_size=224, patch_size=16, num_classes=1000, dim=1024, depth=24, num_heads=16, mlp_dim=4096),
     # chapter 4's cpu recipe (0.55 M parameters; ~450 img/s training on a 2-core CPU) and gpu recipe (3.7 M)
-    "vit_cifar_small": dict(image_size=32, patch_size=4, num_classes=10, dim=128, depth=4, num_heads=4, mlp_dim=256),
-    "vit_cifar_lite": dict(image_size=32, patch_size=4, num_classes=10, dim=256, depth=7, num_heads=4, mlp_dim=512),
+    "vit_cifar_small": dict(image_size=32, patch_size=4, num_classes=10, dim=128, depth=4, num_heads=4, mlp_dim=256,
+                            dynamic_size=True),
+    "vit_cifar_lite": dict(image_size=32, patch_size=4, num_classes=10, dim=256, depth=7, num_heads=4, mlp_dim=512,
+                           dynamic_size=True),
 }
 
 

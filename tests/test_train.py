@@ -11,7 +11,7 @@ from minivit.data.augment import Augment
 from minivit.runtime import seed_everything
 from minivit.train import (
     History, confusion_matrix, export_checkpoint, fit, load_checkpoint, load_pretrained_cifar_vit, misclassified,
-    param_groups, predict, resolve_amp, warmup_cosine,
+    param_groups, predict, resize_batch, resolve_amp, train_sizes, warmup_cosine,
 )
 from minivit.vit import ViT
 
@@ -93,7 +93,7 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path):
     model, info = load_checkpoint(tmp_path / "cut" / "last.pt")  # rebuilt from the stored config; EMA weights
     assert info["epoch"] == 3 and info["history"].test_acc == history.test_acc
     assert model.config == {**TINY, **dict(dropout=0.1, attn_dropout=0.0, in_channels=3, pool="cls",
-                                           pos_embed="learned", norm_eps=1e-6)}
+                                           pos_embed="learned", norm_eps=1e-6, dynamic_size=False)}
 
 
 def test_load_checkpoint_checks_architecture_and_file(tmp_path):
@@ -166,6 +166,54 @@ def test_confusion_matrix_and_misclassified():
     assert misclassified(predictions, labels, confidences).tolist() == [4, 1]
     with pytest.raises(ValueError, match="shape"):
         confusion_matrix(predictions[:3], labels, 3)
+
+
+def test_progressive_schedule_gives_each_phase_its_share_of_epochs():
+    phases = [(16, 0.4), (24, 0.3), (32, 0.3)]
+    assert train_sizes(phases, 10, 32) == [16] * 4 + [24] * 3 + [32] * 3
+    assert train_sizes(phases, 21, 32) == [16] * 8 + [24] * 7 + [32] * 6
+    assert train_sizes(None, 3, 32) == [32, 32, 32]
+    assert train_sizes([[8, 0.5], [16, 0.5]], 1, 16) == [16]  # the middle of the only epoch is in phase 2
+    for bad, message in [([(16, 0.5), (32, 0.4)], "add up to 1"), ([(16, -0.5), (32, 1.5)], "positive"),
+                         ([16, 32], "pairs")]:
+        with pytest.raises(ValueError, match=message):
+            train_sizes(bad, 4, 32)
+
+
+def test_resize_batch_downscales_with_antialiasing():
+    images = torch.zeros(2, 3, 32, 32)
+    images[..., ::2] = 1.0  # stripes one pixel wide: aliasing would keep them, averaging gives 0.5
+    small = resize_batch(images, 16)
+    assert small.shape == (2, 3, 16, 16)
+    inner = small[..., 1:-1]  # away from the border, where the filter is cut off
+    torch.testing.assert_close(inner, torch.full_like(inner, 0.5))
+    assert resize_batch(images, 32) is images
+
+
+def test_progressive_run_trains_at_each_size_and_tests_every_other_epoch(tmp_path, monkeypatch):
+    seen = []
+    model = tiny_vit(dynamic_size=True)
+    original = model.patch_embed.forward
+
+    def record(images):
+        if model.training:
+            seen.append(images.shape[-1])
+        return original(images)
+
+    monkeypatch.setattr(model.patch_embed, "forward", record)
+    recipe = dict(RECIPE, epochs=4, progressive=[(8, 0.5), (16, 0.5)], eval_every=3)
+    history = fit(model, TRAIN, TEST, checkpoint_dir=tmp_path, **recipe)
+    steps = len(TRAIN) // RECIPE["batch_size"]
+    assert seen == [8] * 2 * steps + [16] * 2 * steps
+    assert math.isnan(history.test_acc[0]) and math.isnan(history.test_loss[1])
+    assert not math.isnan(history.test_acc[2]) and not math.isnan(history.test_acc[3])  # every 3rd and the last
+    _, info = load_checkpoint(tmp_path / "last.pt")
+    assert info["recipe"]["progressive"] == [[8, 0.5], [16, 0.5]]
+    history.plot()  # skips the untested epochs
+    with pytest.raises(ValueError, match="dynamic_size=True"):  # a fixed-size ViT says how to fix it
+        fit(tiny_vit(), TRAIN, TEST, **dict(recipe, epochs=2))
+    with pytest.raises(ValueError, match="eval_every"):
+        fit(tiny_vit(), TRAIN, TEST, **dict(recipe, eval_every=0))
 
 
 def test_bad_arguments_raise_clear_errors():

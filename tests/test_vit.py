@@ -159,13 +159,38 @@ def test_other_architectures_give_clear_errors(torchvision_b16):
         vit_from_torchvision(nn.Linear(2, 2))
 
 
+def test_dynamic_size_resamples_the_position_embeddings():
+    torch.manual_seed(0)
+    model = tiny_vit(dynamic_size=True)  # 16x16 images: a 4x4 grid of patches
+    images = torch.randn(2, 3, 16, 16)
+    assert model.position_embedding(4, 4) is model.pos_embed  # its own size: the table itself
+    fixed = tiny_vit()
+    fixed.load_state_dict(model.state_dict())
+    torch.testing.assert_close(model(images), fixed(images))  # at its own size nothing changes
+    assert model(torch.randn(2, 3, 8, 8)).shape == (2, 5) and model(torch.randn(2, 3, 24, 12)).shape == (2, 5)
+    assert model.position_embedding(2, 2).shape == (1, 1 + 4, 32)
+    assert model.position_embedding(6, 3).shape == (1, 1 + 18, 32)
+    torch.testing.assert_close(model.position_embedding(2, 2)[:, 0], model.pos_embed[:, 0])  # class token as is
+    with torch.no_grad():  # a table whose value is the patch column, 0..3, read as a function on the image
+        model.pos_embed[:, 1:] = torch.arange(4.0).repeat(4)[None, :, None].expand(1, 16, 32)  # (1, N, D)
+    for rows, cols in [(2, 2), (6, 6), (3, 5)]:
+        table = model.position_embedding(rows, cols)[0, 1:, 0].reshape(rows, cols)
+        assert torch.allclose(table, table[:1].expand(rows, cols))  # the same in every row
+        assert (table[0].diff() > 0).all()  # still increasing with the column
+        torch.testing.assert_close(table[0] + table[0].flip(0), torch.full((cols,), 3.0))  # centred as before
+    mean_sincos = tiny_vit(dynamic_size=True, pool="mean", pos_embed="sincos2d")
+    assert mean_sincos.position_embedding(2, 2).shape == (1, 4, 32)
+    assert mean_sincos(torch.randn(1, 3, 8, 8)).shape == (1, 5)
+    assert tiny_vit(pos_embed="none", dynamic_size=True)(torch.randn(1, 3, 8, 8)).shape == (1, 5)
+
+
 def test_bad_images_give_clear_errors():
     model = tiny_vit()
     with pytest.raises(ValueError, match="not divisible by the patch size 4"):
         model(torch.randn(1, 3, 18, 16))
     with pytest.raises(ValueError, match="expected images with 3 channels, got 1"):
         model(torch.randn(1, 1, 16, 16))
-    with pytest.raises(ValueError, match="expects 16x16 images"):
+    with pytest.raises(ValueError, match="expects 16x16 images.*dynamic_size=True"):
         model(torch.randn(1, 3, 32, 32))
     with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
         model(torch.randn(3, 16, 16))
