@@ -7,11 +7,11 @@ import torch
 import torch.multiprocessing as mp
 
 from minivit.data import ImageSet, load_cifar10
-from minivit.data.augment import Augment
+from minivit.data.augment import Augment, normalize
 from minivit.runtime import seed_everything
 from minivit.train import (
     History, confusion_matrix, export_checkpoint, fit, load_checkpoint, load_pretrained_cifar_vit, misclassified,
-    param_groups, predict, resize_batch, resolve_amp, train_sizes, warmup_cosine,
+    param_groups, plan_epochs, predict, resize_batch, resolve_amp, train_sizes, warmup_cosine,
 )
 from minivit.vit import ViT
 
@@ -213,7 +213,38 @@ def test_progressive_run_trains_at_each_size_and_tests_every_other_epoch(tmp_pat
     with pytest.raises(ValueError, match="dynamic_size=True"):  # a fixed-size ViT says how to fix it
         fit(tiny_vit(), TRAIN, TEST, **dict(recipe, epochs=2))
     with pytest.raises(ValueError, match="eval_every"):
-        fit(tiny_vit(), TRAIN, TEST, **dict(recipe, eval_every=0))
+        fit(tiny_vit(), TRAIN, TEST, **dict(recipe, eval_every=-1))
+    only_last = fit(tiny_vit(dynamic_size=True), TRAIN, TEST, **dict(recipe, epochs=3, eval_every=0))
+    assert [math.isnan(acc) for acc in only_last.test_acc] == [True, True, False]
+
+
+def test_planner_fits_the_epochs_into_the_budget_and_leaves_the_model_alone():
+    model = tiny_vit(dynamic_size=True)
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    epochs, seconds = plan_epochs(model, TRAIN, TEST, 1e6, batch_size=16, augment=Augment(crop_padding=2),
+                                  progressive=[(8, 0.5), (16, 0.5)], eval_every=2, steps=2)
+    assert seconds > 0 and epochs == int(1e6 // seconds)
+    assert plan_epochs(model, TRAIN, TEST, 1e-3, batch_size=16, augment=None, steps=1)[0] == 1  # at least one
+    once, _ = plan_epochs(model, TRAIN, TEST, 1e6, batch_size=16, augment=None, eval_every=0, tta_shift=1, steps=2)
+    assert once >= 1
+    assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
+
+
+def test_shift_and_flip_test_time_augmentation_averages_ten_views():
+    model = tiny_vit().eval()
+    torch.nn.init.normal_(model.head.weight, std=0.5)
+    images = TEST.images[:6]  # (6, 3, 16, 16) uint8
+    mean, std = torch.tensor([0.5] * 3), torch.tensor([0.25] * 3)
+    padded = torch.nn.functional.pad(images, (1, 1, 1, 1))  # zero padding, as the training crops
+    views = [padded[..., 1 + dy:17 + dy, 1 + dx:17 + dx] for dy, dx in [(0, 0), (-1, -1), (-1, 1), (1, -1), (1, 1)]]
+    with torch.no_grad():
+        by_hand = sum(model(normalize(v, mean, std)) + model(normalize(v, mean, std).flip(-1)) for v in views) / 10
+    torch.testing.assert_close(predict(model, images, mean, std, tta_flip=True, tta_shift=1, batch_size=4), by_hand)
+    plain = predict(model, images, mean, std)
+    with torch.no_grad():
+        torch.testing.assert_close(plain, model(normalize(images, mean, std)))
+    with pytest.raises(ValueError, match="tta_shift"):
+        predict(model, images, mean, std, tta_shift=-1)
 
 
 def test_bad_arguments_raise_clear_errors():
