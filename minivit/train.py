@@ -567,7 +567,8 @@ RECIPES: dict[str, dict] = {
     # progressive resizing: 16 px (17 tokens) and 24 px (37 tokens) epochs cost about 1/4 and 1/2 of a
     # 32 px epoch (65 tokens), so the budget holds ~20-26 epochs instead of 12; tested once, at the end, with
     # 10 views per image (flips x 5 positions: +2.5 points over flips alone on the same weights).
-    # Measured: 76.36 % in 28.0 min on a 2-core CPU (26 epochs; the shipped checkpoint)
+    # Measured on a 2-core CPU: 76.36 % in 28.0 min (26 epochs; the shipped checkpoint), 75.84 % in 28.2 min
+    # when repeated on a slower machine (23 epochs)
     "cpu": dict(train_limit=None, test_limit=None, epochs=25, batch_size=128, lr=2e-3, weight_decay=0.05,
                 warmup=1.0, label_smoothing=0.1, grad_clip=1.0, crop_padding=4, trivial_augment=False,
                 ema_decay=None, tta_flip=True, tta_shift=1, amp="off", compile=False,
@@ -587,8 +588,8 @@ def plan_epochs(model: nn.Module, train_set: ImageSet, test_set: ImageSet, budge
                 device: torch.device | str | None = None, steps: int = 10, progressive: list | None = None,
                 eval_every: int = 1, tta_shift: int = 0) -> tuple[int, float]:
     """How many epochs fit into ``budget_seconds``: times ``steps`` training steps of a copy of the model
-    at each size of a ``progressive`` schedule, twice over (the median per size), and 500 test images,
-    extrapolates to an epoch (training + its share of testing), keeps 5 % spare.
+    at each size of a ``progressive`` schedule, in 3 interleaved passes (the median per size), and 500
+    test images, extrapolates to an epoch (training + its share of testing), keeps 5 % spare.
     Returns ``(epochs, estimated seconds per epoch)``."""
     import copy
 
@@ -609,7 +610,7 @@ def plan_epochs(model: nn.Module, train_set: ImageSet, test_set: ImageSet, budge
 
     phases = check_progressive(progressive) or [[images.shape[-1], 1.0]]
     step_seconds: dict[int, list[float]] = {size: [] for size, _ in phases}
-    for _ in range(2):  # two interleaved passes over the sizes: a slow moment of the machine hits all sizes alike
+    for _ in range(3):  # 3 interleaved passes: each size timed at 3 moments, the median ignores 1 slow one
         for size, _ in phases:
             train_step(size)  # warm-up (allocations, kernel choice)
             for _ in range(steps):

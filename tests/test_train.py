@@ -230,6 +230,33 @@ def test_planner_fits_the_epochs_into_the_budget_and_leaves_the_model_alone():
     assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
 
 
+
+class StepClock:
+    """A stand-in for time.perf_counter: every second call ends a timed interval of the next given length."""
+
+    def __init__(self, intervals: list[float]):
+        self.intervals, self.now, self.calls = list(intervals), 0.0, 0
+
+    def perf_counter(self) -> float:
+        self.calls += 1
+        if self.calls % 2 == 0:
+            self.now += self.intervals.pop(0) if self.intervals else 0.0
+        return self.now
+
+
+def test_planner_ignores_one_slow_pass(monkeypatch):
+    import minivit.train as train_module
+
+    model, budget = tiny_vit(), 1000.0
+    # 3 passes x 2 steps: the first pass 10x slower (the machine busy for a moment), then the test images
+    monkeypatch.setattr(train_module, "time", StepClock([1.0, 1.0, 0.1, 0.1, 0.1, 0.1, 0.0]))
+    epochs, seconds = plan_epochs(model, TRAIN, TEST, budget, batch_size=16, augment=None, steps=2)
+    assert seconds == pytest.approx(1.05 * len(TRAIN) * 0.1 / 16)  # the normal step time, not the slow one
+    assert epochs == int(budget // seconds)
+    monkeypatch.setattr(train_module, "time", StepClock([1.0] * 4 + [0.1] * 2 + [0.0]))  # slow for 2 passes
+    assert plan_epochs(model, TRAIN, TEST, budget, batch_size=16, augment=None, steps=2)[1] == pytest.approx(
+        1.05 * len(TRAIN) * 1.0 / 16)
+
 def test_shift_and_flip_test_time_augmentation_averages_ten_views():
     model = tiny_vit().eval()
     torch.nn.init.normal_(model.head.weight, std=0.5)
