@@ -230,7 +230,6 @@ def test_planner_fits_the_epochs_into_the_budget_and_leaves_the_model_alone():
     assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
 
 
-
 class StepClock:
     """A stand-in for time.perf_counter: every second call ends a timed interval of the next given length."""
 
@@ -256,6 +255,7 @@ def test_planner_ignores_one_slow_pass(monkeypatch):
     monkeypatch.setattr(train_module, "time", StepClock([1.0] * 4 + [0.1] * 2 + [0.0]))  # slow for 2 passes
     assert plan_epochs(model, TRAIN, TEST, budget, batch_size=16, augment=None, steps=2)[1] == pytest.approx(
         1.05 * len(TRAIN) * 1.0 / 16)
+
 
 def test_shift_and_flip_test_time_augmentation_averages_ten_views():
     model = tiny_vit().eval()
