@@ -13,6 +13,8 @@ command line::
 from __future__ import annotations
 
 import argparse
+import bisect
+import itertools
 import json
 import math
 import os
@@ -359,14 +361,9 @@ def train_sizes(progressive, epochs: int, full_size: int) -> list[int]:
     phases = check_progressive(progressive)
     if phases is None:
         return [full_size] * epochs
-    sizes, ends, total = [], [], 0.0
-    for _, fraction in phases:
-        total += fraction
-        ends.append(total)
-    for epoch in range(epochs):
-        middle = (epoch + 0.5) / epochs
-        sizes.append(next((size for (size, _), end in zip(phases, ends) if middle < end), phases[-1][0]))
-    return sizes
+    ends = list(itertools.accumulate(fraction for _, fraction in phases))  # where each phase ends, in (0, 1]
+    last = len(phases) - 1  # rounding may leave the last end a hair below 1
+    return [phases[min(bisect.bisect_right(ends, (epoch + 0.5) / epochs), last)][0] for epoch in range(epochs)]
 
 
 def resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -593,6 +590,8 @@ def plan_epochs(model: nn.Module, train_set: ImageSet, test_set: ImageSet, budge
     Returns ``(epochs, estimated seconds per epoch)``."""
     import copy
 
+    from minivit.bench import time_steps  # times with a CUDA synchronize around the steps
+
     device = torch.device(device) if device is not None else _default_device(0)
     amp_dtype = resolve_amp(amp, device)
     probe = copy.deepcopy(model).to(device).train()
@@ -613,18 +612,14 @@ def plan_epochs(model: nn.Module, train_set: ImageSet, test_set: ImageSet, budge
     for _ in range(3):  # 3 interleaved passes: each size timed at 3 moments, the median ignores 1 slow one
         for size, _ in phases:
             train_step(size)  # warm-up (allocations, kernel choice)
-            for _ in range(steps):
-                started = time.perf_counter()
-                train_step(size)
-                step_seconds[size].append(time.perf_counter() - started)
+            step_seconds[size] += [time_steps(lambda: train_step(size), 1, device) for _ in range(steps)]
     train_per_image = 0.0
     for size, fraction in phases:
         times = sorted(step_seconds[size])
         train_per_image += fraction * times[len(times) // 2] / batch_size  # median: robust to hiccups
-    started = time.perf_counter()
-    predict(probe, test_set.images[:500], mean, std, tta_flip=tta_flip, amp_dtype=amp_dtype, device=device,
-            tta_shift=tta_shift)
-    test_per_image = (time.perf_counter() - started) / min(500, len(test_set))
+    test_per_image = time_steps(lambda: predict(probe, test_set.images[:500], mean, std, tta_flip=tta_flip,
+                                                amp_dtype=amp_dtype, device=device, tta_shift=tta_shift),
+                                1, device) / min(500, len(test_set))
     test_seconds = 1.05 * len(test_set) * test_per_image
     epoch_seconds = 1.05 * len(train_set) * train_per_image + (test_seconds / eval_every if eval_every else 0.0)
     budget_seconds -= 0.0 if eval_every else test_seconds  # eval_every=0: one test, after the last epoch

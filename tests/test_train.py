@@ -244,15 +244,15 @@ class StepClock:
 
 
 def test_planner_ignores_one_slow_pass(monkeypatch):
-    import minivit.train as train_module
+    import minivit.bench as bench_module  # the planner times with minivit.bench.time_steps
 
     model, budget = tiny_vit(), 1000.0
     # 3 passes x 2 steps: the first pass 10x slower (the machine busy for a moment), then the test images
-    monkeypatch.setattr(train_module, "time", StepClock([1.0, 1.0, 0.1, 0.1, 0.1, 0.1, 0.0]))
+    monkeypatch.setattr(bench_module, "time", StepClock([1.0, 1.0, 0.1, 0.1, 0.1, 0.1, 0.0]))
     epochs, seconds = plan_epochs(model, TRAIN, TEST, budget, batch_size=16, augment=None, steps=2)
     assert seconds == pytest.approx(1.05 * len(TRAIN) * 0.1 / 16)  # the normal step time, not the slow one
     assert epochs == int(budget // seconds)
-    monkeypatch.setattr(train_module, "time", StepClock([1.0] * 4 + [0.1] * 2 + [0.0]))  # slow for 2 passes
+    monkeypatch.setattr(bench_module, "time", StepClock([1.0] * 4 + [0.1] * 2 + [0.0]))  # slow for 2 passes
     assert plan_epochs(model, TRAIN, TEST, budget, batch_size=16, augment=None, steps=2)[1] == pytest.approx(
         1.05 * len(TRAIN) * 1.0 / 16)
 
