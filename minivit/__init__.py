@@ -1,6 +1,7 @@
 """minivit: the helper package of the minivit course (transformers in computer vision).
 
-Each chapter of the course adds a module:
+``minivit.setup()`` (each notebook's first call) picks the run profile and the device;
+``minivit.devices`` makes every device and precision decision. Each chapter adds a module:
 
 1. ``minivit.conv``: convolution by hand, a small CNN
 2. ``minivit.attention``, ``minivit.transformer``: attention and the encoder block
@@ -10,7 +11,8 @@ Each chapter of the course adds a module:
 6. ``minivit.matching``: Hungarian matching and the set loss
 7. ``minivit.viz``: attention maps
 """
-from minivit.runtime import PROFILES, by_profile, data_dir, describe, get_device, get_profile, seed_everything
+from minivit.devices import choose_precision, get_device, to_device
+from minivit.runtime import PROFILES, by_profile, data_dir, describe, get_profile, seed_everything, set_profile, setup
 
 __version__ = "0.1.0"
 __all__ = [
@@ -20,5 +22,9 @@ __all__ = [
     "describe",
     "get_device",
     "get_profile",
+    "choose_precision",
     "seed_everything",
+    "set_profile",
+    "setup",
+    "to_device",
 ]

@@ -20,6 +20,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from minivit.devices import synchronize
+
 
 def scaled_dot_product_attention(
     query: torch.Tensor,
@@ -212,24 +214,20 @@ def measure_attention_cost(
             return F.scaled_dot_product_attention(q, k, v)
         return scaled_dot_product_attention(q, k, v)[0]
 
-    def synchronize() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     with torch.no_grad():
         attend()  # warm-up
-        synchronize()
+        synchronize(device)
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
             attend()
-            synchronize()
+            synchronize(device)
             times.append(time.perf_counter() - start)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
             baseline = torch.cuda.memory_allocated(device)
             attend()
-            synchronize()
+            synchronize(device)
             peak_bytes = torch.cuda.max_memory_allocated(device) - baseline
         else:
             with _LiveTensorBytes() as tracker:

@@ -10,7 +10,6 @@ timed. Example::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import time
 from collections.abc import Callable
@@ -19,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minivit.runtime import describe, get_device
+from minivit.devices import autocast, get_device, synchronize
+from minivit.runtime import describe
 from minivit.vit import CONFIGS, build_vit
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -44,13 +44,11 @@ def make_train_step(
 ) -> Callable[[], None]:
     """One closure that runs a full training step of ``model`` on the fixed batch."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
-    device_type = images.device.type
-    use_autocast = dtype != torch.float32
-    scaler = torch.amp.GradScaler(device_type, enabled=dtype == torch.float16)
+    scaler = torch.amp.GradScaler(images.device.type, enabled=dtype == torch.float16)
+    autocast_dtype = None if dtype == torch.float32 else dtype
 
     def step() -> None:
-        autocast = torch.autocast(device_type, dtype=dtype) if use_autocast else contextlib.nullcontext()
-        with autocast:
+        with autocast(images.device, autocast_dtype):
             loss = F.cross_entropy(model(images), labels)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -58,11 +56,6 @@ def make_train_step(
         optimizer.zero_grad(set_to_none=True)
 
     return step
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_steps(step: Callable[[], None], num_steps: int, device: torch.device) -> float:

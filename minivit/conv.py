@@ -118,3 +118,49 @@ class SmallCNN(nn.Module):
             raise ValueError(f"expected images of shape (B, {self.in_channels}, H, W), got {tuple(images.shape)}")
         features = self.features(images)  # (B, 4*width, H/8, W/8)
         return self.head(features.mean(dim=(2, 3)))  # global average pool -> (B, num_classes)
+
+
+def train_briefly(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    steps: int,
+    batch_size: int = 128,
+    lr: float = 2e-3,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> list[float]:
+    """A few AdamW steps on random batches with random left-right flips: enough for chapter 1's
+    feature maps to mean something (chapter 4 trains properly). Returns the loss of each step.
+
+    ``images`` (N, 3, H, W) uint8 and ``labels`` (N,) stay where they are; each batch is drawn
+    with a CPU generator seeded by ``seed``, flipped, normalized with ``mean``/``std`` and moved
+    to ``device`` (default :func:`minivit.devices.get_device`), where the model is moved too.
+    """
+    from tqdm.auto import tqdm
+
+    from minivit.data.augment import normalize, random_flip
+    from minivit.devices import get_device
+
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
+    if len(images) != len(labels) or len(images) == 0:
+        raise ValueError(f"need as many labels as images (at least one), got {len(images)} and {len(labels)}")
+    device = get_device(device)
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    generator = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in tqdm(range(steps), desc=f"training {type(model).__name__}", disable=not progress):
+        batch = torch.randint(len(images), (batch_size,), generator=generator)  # (B,) on the CPU
+        flipped = random_flip(images[batch], generator=generator)  # (B, 3, H, W) uint8
+        inputs = normalize(flipped.to(device), mean, std)  # (B, 3, H, W) float on the device
+        loss = F.cross_entropy(model(inputs), labels[batch].to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach())  # no .item() per step: a GPU keeps running ahead
+    return torch.stack(losses).cpu().tolist()

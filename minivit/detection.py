@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from minivit.boxes import box_cxcywh_to_xyxy, box_iou, check_boxes
+from minivit.devices import get_device, module_device
 from minivit.detr import DETR, build_tiny_detr, postprocess
 from minivit.matching import HungarianMatcher, SetCriterion
 
@@ -130,7 +131,7 @@ def predict(model: DETR, images: torch.Tensor, batch_size: int = 256) -> dict[st
     """The model's outputs for a stack of images (N, 3, H, W), in eval mode, batch by batch."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = module_device(model)
     logits, boxes = [], []
     for start in range(0, len(images), batch_size):
         out = model(_as_float(images[start : start + batch_size]).to(device))
@@ -181,6 +182,7 @@ def train_detr(
     callback: Callable[[int, DETR], None] | None = None,
     callback_every: int = 0,
     progress: bool = True,
+    device: torch.device | str | None = None,
 ) -> list[dict]:
     """Train ``model`` for ``steps`` optimizer steps on random batches of (images, targets).
 
@@ -188,14 +190,16 @@ def train_detr(
     rate divided by 10 after ``lr_drop`` of the steps; the loss is :class:`SetCriterion`
     (weights CE 1, L1 5, GIoU 2, no-object 0.1, auxiliary losses on every decoder layer).
     ``callback(step, model)`` runs before the first step and every ``callback_every`` steps
-    (for snapshots). Returns one dict per step: ``loss``, ``loss_ce``, ``loss_bbox``,
-    ``loss_giou`` (last decoder layer), ``lr`` and the elapsed ``seconds``.
+    (for snapshots). The model is moved to ``device`` (default: :func:`minivit.devices.get_device`)
+    and stays there; the images move batch by batch. Returns one dict per step: ``loss``,
+    ``loss_ce``, ``loss_bbox``, ``loss_giou`` (last decoder layer), ``lr`` and the elapsed ``seconds``.
     """
     if len(images) != len(targets) or len(images) == 0:
         raise ValueError(f"need as many targets as images (and at least one), got {len(images)} and {len(targets)}")
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
-    device = next(model.parameters()).device
+    device = get_device(device)
+    model.to(device)
     criterion = criterion if criterion is not None else SetCriterion(model.num_classes)
     criterion = criterion.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)

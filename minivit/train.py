@@ -33,6 +33,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
+from minivit.devices import autocast, choose_precision, get_device
 from minivit.data.augment import Augment, channel_stats, iterate_batches, normalize, num_batches, random_crop
 from minivit.data.cifar10 import ImageSet
 
@@ -137,17 +138,12 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ste
 
 # --------------------------------------------------------------------------- devices and precision
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``amp`` in {"auto", "bf16", "fp16", "off"} on ``device``.
+    """The autocast dtype for ``amp`` in {"auto", "bf16", "fp16", "off"} on ``device`` (None: fp32).
 
-    "auto": bf16 on a GPU that supports it, fp16 (with a GradScaler) on older GPUs, off on the CPU.
+    "auto": bf16 on GPUs with bf16 units, fp16 (with a GradScaler) on older GPUs such as a T4,
+    fp32 on the CPU; see :func:`minivit.devices.choose_precision`.
     """
-    if amp not in ("auto", "bf16", "fp16", "off"):
-        raise ValueError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {amp!r}")
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
-        return None
-    if amp == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if amp == "bf16" else torch.float16
+    return choose_precision(device, amp).dtype
 
 
 def _distributed() -> tuple[int, int]:
@@ -186,7 +182,7 @@ def predict(model: nn.Module, images: torch.Tensor, mean: torch.Tensor, std: tor
         for dy, dx in shifts:
             offsets = torch.tensor([[tta_shift + dy, tta_shift + dx]], device=device).expand(len(chunk), 2)
             batch = normalize(random_crop(chunk, tta_shift, offsets=offsets), mean, std)  # the view, shifted
-            with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+            with autocast(device, amp_dtype):
                 total = total + model(batch).float()
                 if tta_flip:
                     total = total + model(batch.flip(-1)).float()
@@ -395,7 +391,7 @@ def fit(
     amp: str = "auto",
     checkpoint_dir: str | Path | None = None,
     resume: bool = True,
-    compile: bool = False,
+    compile: bool | str = False,
     device: torch.device | str | None = None,
     stop_after: int | None = None,
     progress: bool = True,
@@ -426,7 +422,10 @@ def fit(
     progressive = check_progressive(progressive)
     rank, world_size = _distributed()
     device = torch.device(device) if device is not None else _default_device(rank)
-    amp_dtype = resolve_amp(amp, device)
+    precision = choose_precision(device, amp, compile)
+    amp_dtype = precision.dtype
+    if rank == 0 and progress:
+        print(f"training on {device}: {precision}", flush=True)
     recipe = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
                   label_smoothing=label_smoothing, grad_clip=grad_clip, min_lr_ratio=min_lr_ratio,
                   ema_decay=ema_decay, tta_flip=tta_flip, tta_shift=tta_shift, seed=seed,
@@ -447,7 +446,7 @@ def fit(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # SequentialLR's "epoch parameter" deprecation note
         scheduler = warmup_cosine(optimizer, total_steps, warmup_steps, min_lr_ratio)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.grad_scaler)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True) if ema_decay else None
     history, start_epoch = History(), 0
 
@@ -476,7 +475,7 @@ def fit(
     train_model: nn.Module = model
     if world_size > 1:
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    if compile:
+    if precision.compile:
         train_model = torch.compile(train_model)
     eval_model = ema.module if ema is not None else model
 
@@ -491,7 +490,7 @@ def fit(
                    disable=not progress or rank != 0, dynamic_ncols=True)
         for step, (images, labels) in enumerate(bar):
             inputs = resize_batch(normalize(images, mean, std), sizes[epoch])  # (B, C, size, size) float
-            with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+            with autocast(device, amp_dtype):
                 logits = train_model(inputs)
                 loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
             optimizer.zero_grad(set_to_none=True)
@@ -546,11 +545,11 @@ def fit(
 
 
 def _default_device(rank: int) -> torch.device:
-    if torch.cuda.is_available():
+    """:func:`minivit.devices.get_device`; under torchrun, each process's own GPU."""
+    device = get_device()
+    if device.type == "cuda" and device.index is None and _distributed()[1] > 1:
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
-    from minivit.runtime import get_device
-
-    return get_device()
+    return device
 
 
 # --------------------------------------------------------------------------- recipes and command line
@@ -573,7 +572,7 @@ RECIPES: dict[str, dict] = {
     # gpu: data and augmentation on the GPU, bf16, torch.compile, the 3.7 M-parameter vit_cifar_lite
     "gpu": dict(train_limit=None, test_limit=None, epochs=200, batch_size=512, lr=2e-3, weight_decay=0.05,
                 warmup=3.0, label_smoothing=0.1, grad_clip=1.0, crop_padding=4, trivial_augment=True,
-                ema_decay=0.999, tta_flip=True, tta_shift=0, amp="auto", compile=True, progressive=None, eval_every=1,
+                ema_decay=0.999, tta_flip=True, tta_shift=0, amp="auto", compile="auto", progressive=None, eval_every=1,
                 model={}),
 }
 DEFAULT_CONFIG = {"smoke": "vit_cifar_small", "cpu": "vit_cifar_small", "gpu": "vit_cifar_lite"}
@@ -601,7 +600,7 @@ def plan_epochs(model: nn.Module, train_set: ImageSet, test_set: ImageSet, budge
 
     def train_step(size: int):
         batch = augment(images, generator=torch.Generator().manual_seed(0)) if augment is not None else images
-        with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+        with autocast(device, amp_dtype):
             loss = F.cross_entropy(probe(resize_batch(normalize(batch, mean, std), size)).float(), labels)
         optimizer.zero_grad()
         loss.backward()

@@ -1,0 +1,215 @@
+"""Devices and precision: every decision about *where* and *in which number format* to compute.
+
+Notebooks never decide these themselves, so the same cell runs on a laptop CPU, a Colab T4
+and an H100:
+
+* :func:`get_device` picks the device: ``$MINIVIT_DEVICE`` (``cpu``, ``cuda``, ``mps``), else
+  CUDA, then Apple's MPS, then the CPU; :func:`device_reason` says why in one line.
+* :func:`to_device` moves a tensor, a module, or a dict/list/tuple of them to that device.
+* :func:`choose_precision` picks the mixed precision and whether to ``torch.compile`` from the
+  hardware: fp32 on a CPU; fp16 autocast with a ``GradScaler`` on GPUs without bf16 units
+  (compute capability below 8.0, e.g. a T4, sm_75); bf16 on an A100, H100 or H200 (8.0 and up).
+  ``torch.cuda.is_bf16_supported()`` answers True on a T4 unless asked with
+  ``including_emulation=False``: emulated bf16 is slow, and ``torch.compile`` of bf16 fails on sm_75.
+* :func:`autocast` is the one autocast context of the package (a no-op for fp32).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+BF16_MIN_CAPABILITY = (8, 0)  # Ampere: the first NVIDIA GPUs with bf16 tensor cores
+COMPILE_MIN_CAPABILITY = (7, 0)  # Triton, torch.compile's GPU code generator, needs Volta or newer
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return backend is not None and backend.is_available()
+
+
+def _requested_device() -> str | None:
+    name = os.environ.get("MINIVIT_DEVICE", "").strip().lower()
+    return name or None
+
+
+def _check_available(device: torch.device, source: str) -> torch.device:
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"{source} asks for a CUDA GPU, but torch sees none (torch.cuda.is_available() is False). "
+            f"On Colab choose Runtime > Change runtime type > GPU; elsewhere use 'cpu' "
+            f"(or leave the device unset to take the best one found)")
+    if device.type == "mps" and not _mps_available():
+        raise RuntimeError(f"{source} asks for Apple's MPS, which this machine does not have; use 'cpu' or 'cuda'")
+    return device
+
+
+_forced_device: torch.device | None = None  # set only by minivit.testing.fake_accelerator()
+
+
+def get_device(prefer: str | torch.device | None = None) -> torch.device:
+    """The device to compute on: ``prefer`` if given, else ``$MINIVIT_DEVICE``, else CUDA, then MPS, then the CPU."""
+    if prefer is not None:
+        return torch.device(prefer)
+    if _forced_device is not None:
+        return _forced_device
+    requested = _requested_device()
+    if requested is not None:
+        if requested.split(":")[0] not in DEVICE_TYPES:
+            raise ValueError(f"unknown MINIVIT_DEVICE {requested!r}; choose one of {', '.join(DEVICE_TYPES)} "
+                             f"(for example: MINIVIT_DEVICE=cpu), or unset it to take the best one found")
+        return _check_available(torch.device(requested), f"MINIVIT_DEVICE={requested}")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if _mps_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def device_reason() -> str:
+    """Why :func:`get_device` picks what it picks, in a few words."""
+    requested = _requested_device()
+    if requested is not None:
+        return "set by MINIVIT_DEVICE (or DEVICE in the notebook)"
+    if torch.cuda.is_available():
+        return f"a CUDA GPU was found: {torch.cuda.get_device_name()}"
+    if _mps_available():
+        return "Apple's MPS GPU was found"
+    return "no GPU was found"
+
+
+def use_device(device: str | torch.device | None) -> torch.device:
+    """Make ``device`` the default of :func:`get_device` (through ``$MINIVIT_DEVICE``); ``None`` clears it."""
+    if device is None:
+        os.environ.pop("MINIVIT_DEVICE", None)
+        return get_device()
+    device = torch.device(device)
+    if device.type not in DEVICE_TYPES:
+        raise ValueError(f"unknown device {str(device)!r}; choose one of {', '.join(DEVICE_TYPES)}")
+    _check_available(device, f"device {str(device)!r}")
+    os.environ["MINIVIT_DEVICE"] = str(device)
+    return device
+
+
+def to_device(obj: Any, device: str | torch.device | None = None, non_blocking: bool = False) -> Any:
+    """``obj`` on ``device`` (default: :func:`get_device`): a tensor, a module (moved in place and
+    returned), or a dict, list or tuple of them (a new container); anything else unchanged."""
+    device = get_device(device)
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=non_blocking)
+    if isinstance(obj, torch.nn.Module):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {key: to_device(value, device, non_blocking) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        moved = [to_device(value, device, non_blocking) for value in obj]
+        return type(obj)(*moved) if hasattr(obj, "_fields") else type(obj)(moved)  # namedtuples too
+    return obj
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device of a module's first parameter (or buffer); the CPU for a module without any."""
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+# --------------------------------------------------------------------------- precision
+@dataclass(frozen=True)
+class Precision:
+    """How to compute on a device: the autocast ``dtype`` (None: fp32), whether a ``GradScaler``
+    guards fp16 gradients, whether to ``torch.compile``, and why, in words."""
+
+    dtype: torch.dtype | None
+    grad_scaler: bool
+    compile: bool
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+    def __str__(self) -> str:
+        number_format = "fp32" if self.dtype is None else f"{self.name} autocast"
+        scaler = " + GradScaler" if self.grad_scaler else ""
+        compiled = "torch.compile on" if self.compile else "torch.compile off"
+        return f"{number_format}{scaler}, {compiled} ({self.reason})"
+
+
+def cuda_capability(device: torch.device) -> tuple[int, int]:
+    """(major, minor) compute capability of a CUDA device, e.g. (7, 5) for a T4, (9, 0) for an H100."""
+    return tuple(torch.cuda.get_device_capability(device))
+
+
+def _bf16_in_hardware(device: torch.device) -> bool:
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch < 2.3 has no including_emulation (and answers for the hardware)
+        return torch.cuda.is_bf16_supported()
+
+
+def _has_triton() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def choose_precision(device: str | torch.device, amp: str = "auto", compile: bool | str = "auto") -> Precision:
+    """The precision and compile setting for ``device``.
+
+    ``amp``: ``auto`` (from the hardware), ``bf16``, ``fp16`` or ``off``. ``compile``: ``auto``
+    (on CUDA GPUs of compute capability 7.0 or newer with Triton), True or False. Asking for
+    bf16 on a GPU without bf16 units is an error that names the fix (``fp16`` or ``auto``).
+    """
+    device = torch.device(device)
+    if amp not in AMP_CHOICES:
+        raise ValueError(f"amp must be one of {', '.join(AMP_CHOICES)}, got {amp!r}")
+    if compile not in ("auto", True, False):
+        raise ValueError(f"compile must be 'auto', True or False, got {compile!r}")
+    if device.type != "cuda":
+        where = "the CPU" if device.type == "cpu" else f"the {device.type} device"
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+        reason = f"{where}: mixed precision pays only on CUDA GPUs" if amp == "auto" else f"{where}, amp={amp!r} asked"
+        return Precision(dtype, False, compile is True, reason)
+
+    capability = cuda_capability(device)
+    gpu = f"{torch.cuda.get_device_name(device)}, compute capability {capability[0]}.{capability[1]}"
+    has_bf16 = capability >= BF16_MIN_CAPABILITY and _bf16_in_hardware(device)
+    if amp == "bf16" and not has_bf16:
+        raise ValueError(f"bf16 asked on {gpu}, which has no bf16 units (it would be emulated, slowly, and "
+                         f"torch.compile fails on it); use amp='fp16' (with a GradScaler) or amp='auto'")
+    if amp == "auto":
+        amp = "bf16" if has_bf16 else "fp16"
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+    can_compile = capability >= COMPILE_MIN_CAPABILITY and _has_triton()
+    if compile is True and not can_compile:
+        raise ValueError(f"torch.compile asked on {gpu}, where it does not work (needs compute capability "
+                         f">= 7.0 and the triton package); use compile=False or 'auto'")
+    use_compile = can_compile if compile == "auto" else compile
+    units = "has bf16 units" if has_bf16 else "no bf16 units"
+    return Precision(dtype, dtype == torch.float16, use_compile, f"{gpu}: {units}")
+
+
+def autocast(device: str | torch.device, dtype: torch.dtype | None):
+    """``torch.autocast`` to ``dtype`` on ``device``'s type, or a no-op context for ``dtype=None`` (fp32)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def synchronize(device: str | torch.device) -> None:
+    """Wait for the device's queued work (GPUs run asynchronously); a no-op on the CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
