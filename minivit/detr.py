@@ -24,8 +24,10 @@ import contextlib
 import io
 import math
 import socket
+import sys
 import warnings
 from collections import OrderedDict
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -582,6 +584,25 @@ class MinimalDETR(nn.Module):
 # ----------------------------------------------------------------------------- official weights
 
 OFFICIAL_DETR_R50_URL = "https://dl.fbaipublicfiles.com/detr/detr-r50-e632da11.pth"
+OFFICIAL_DETR_R50_SIZE = "about 159 MB"  # detr-r50-e632da11.pth: 166,618,694 bytes
+
+
+class _AnnounceOnFirstWrite(io.TextIOBase):
+    """Stands in for stderr: writes ``line`` to ``out`` before the first text, then passes all to ``stream``."""
+
+    def __init__(self, stream, out, line: str):
+        self.stream, self.out, self.line = stream, out, line
+
+    def write(self, text: str) -> int:
+        if self.line is not None and text:
+            self.out.write(self.line + "\n")
+            self.out.flush()
+            self.line = None
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
 
 #: How the official DETR parameter names (facebookresearch/detr) become minivit's. Each pair
 #: is a substring replacement, applied in order; every other part of a name is the same:
@@ -658,16 +679,33 @@ def load_official_detr_state_dict(model: DETR, state_dict: dict) -> None:
 def load_official_detr_r50(url: str = OFFICIAL_DETR_R50_URL, timeout_s: float = 10.0) -> DETR | None:
     """The official DETR-R50 (COCO, 42.0 AP) as a minivit ``DETR`` in eval mode, or ``None`` offline.
 
-    Downloads the checkpoint with ``torch.hub`` (cached in its hub directory; its messages,
-    which name local paths, are silenced), builds ``build_detr_r50()`` and loads the weights
-    with ``load_official_detr_state_dict``. When the download fails for any reason it prints
-    one sentence and returns ``None``; what to use instead is the caller's choice.
+    Downloads the checkpoint once with ``torch.hub`` into its hub directory (``~/.cache/torch/hub``
+    or ``$TORCH_HOME``), checks its SHA-256 prefix (the ``e632da11`` in the file name), builds
+    ``build_detr_r50()`` and loads the weights with ``load_official_detr_state_dict``. The first
+    time it says what it downloads and where to, with a progress bar; later calls are quiet.
+    When the download fails for any reason it prints one sentence and returns ``None``; what to
+    use instead is the caller's choice.
     """
+    from minivit.runtime import display_path
+
+    file_name = url.rsplit("/", 1)[-1]
+    hub_checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
+    size = f", {OFFICIAL_DETR_R50_SIZE}" if url == OFFICIAL_DETR_R50_URL else ""
+    announcement = (
+        f"Downloading the official DETR-R50 weights {file_name}{size} from {url.split('/')[2]} "
+        f"into {display_path(hub_checkpoints)} (once)"
+    )
+    # torch.hub names the absolute local path on stdout: silence that, and announce the download
+    # ourselves when its progress bar (on stderr) starts, so a failed connection stays one sentence.
+    download = not (hub_checkpoints / file_name).exists()
+    errors = _AnnounceOnFirstWrite(sys.stderr, sys.stdout, announcement) if download else io.StringIO()
     previous_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(timeout_s)
     try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            checkpoint = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False, weights_only=True)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(errors):
+            checkpoint = torch.hub.load_state_dict_from_url(
+                url, map_location="cpu", progress=download, check_hash=True, weights_only=True
+            )
     except Exception as error:  # no internet, timeout, HTTP error, broken file: all mean "not available"
         print(f"The official DETR-R50 weights could not be downloaded ({type(error).__name__}).")
         return None

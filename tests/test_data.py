@@ -1,16 +1,19 @@
+import os
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from minivit.data import CIFAR10_CLASSES, load_cifar10, load_image_folder
+from minivit.data import CIFAR10_CLASSES, ImageSet, load_cifar10, load_image_folder
+from minivit.data.cifar10 import CANONICAL_SOURCE
 
 
 def write_png(image, path):
     Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)
 
 
-def make_image_folder(root, classes, per_class, size=8):
+def make_image_folder(root, classes, per_class, size=8, suffix=".png"):
     generator = torch.Generator().manual_seed(0)
     for index, name in enumerate(classes):
         folder = root / name
@@ -18,7 +21,7 @@ def make_image_folder(root, classes, per_class, size=8):
         for i in range(per_class):
             image = torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=generator)
             image[0, 0, 0] = index  # remember the class in one pixel (PNG is lossless)
-            write_png(image, str(folder / f"{i:04d}.png"))
+            write_png(image, str(folder / f"{i:04d}{suffix}"))
 
 
 def test_image_folder_decodes_in_class_order(tmp_path):
@@ -72,3 +75,102 @@ def test_mixed_image_sizes_are_refused(tmp_path):
     write_png(torch.zeros(3, 9, 9, dtype=torch.uint8), str(tmp_path / "a" / "1.png"))
     with pytest.raises(ValueError, match="different sizes"):
         load_image_folder(tmp_path)
+
+
+def test_first_load_says_what_it_decodes_and_later_loads_are_quiet(tmp_path, monkeypatch, capsys):
+    make_image_folder(tmp_path / "data" / "cifar10" / "test", CIFAR10_CLASSES, per_class=2, size=32)
+    monkeypatch.chdir(tmp_path)  # paths are printed relative to the current folder
+    load_cifar10("test", root=tmp_path / "data")
+    printed = capsys.readouterr()
+    assert printed.out == (
+        "CIFAR-10 test: decoding 20 images from data/cifar10/test, caching them in data/cache/cifar10_test.npz (once)\n"
+    )
+    assert "CIFAR-10 test" in printed.err  # the progress bar
+    load_cifar10("test", root=tmp_path / "data", limit=10)
+    assert capsys.readouterr() == ("", "")
+
+
+def test_source_says_what_the_data_is_and_survives_cache_and_subset(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_image_folder(tmp_path / "png" / "cifar10" / "test", CIFAR10_CLASSES, per_class=2, size=32)
+    make_image_folder(tmp_path / "jpg" / "cifar10" / "test", CIFAR10_CLASSES, per_class=2, size=32, suffix=".jpg")
+    png = load_cifar10("test", root=tmp_path / "png")
+    assert png.source == "CIFAR-10 as PNG image folder (png/cifar10/test)"
+    jpeg = load_cifar10("test", root=tmp_path / "jpg")
+    assert jpeg.source.startswith("CIFAR-10 as JPEG image folder (jpg/cifar10/test)")
+    assert "not the canonical" in jpeg.source
+    assert load_cifar10("test", root=tmp_path / "jpg").source == jpeg.source  # from the cache
+    assert load_cifar10("test", root=tmp_path / "jpg", limit=10).source == jpeg.source
+    assert jpeg.subset(5).source == jpeg.source
+    with np.load(tmp_path / "jpg" / "cache" / "cifar10_test.npz") as cache:  # allow_pickle=False
+        assert "not the canonical" in str(cache["meta"])
+    monkeypatch.chdir(tmp_path / "jpg")  # the path follows the current folder
+    assert load_cifar10("test", root=tmp_path / "jpg").source.startswith("CIFAR-10 as JPEG image folder (cifar10/test)")
+    assert ImageSet(torch.zeros(1, 3, 2, 2, dtype=torch.uint8), torch.zeros(1, dtype=torch.int64), ("a",)).source == "unknown"
+    assert load_image_folder(tmp_path / "png" / "cifar10" / "test").source == "PNG image folder (../png/cifar10/test)"
+
+
+def test_cache_is_rebuilt_when_the_image_folder_changes(tmp_path, capsys):
+    folder = tmp_path / "cifar10" / "test"
+    make_image_folder(folder, CIFAR10_CLASSES, per_class=2, size=32)
+    assert len(load_cifar10("test", root=tmp_path)) == 20
+    capsys.readouterr()
+
+    write_png(torch.full((3, 32, 32), 7, dtype=torch.uint8), str(folder / "cat" / "0100.png"))  # added
+    data = load_cifar10("test", root=tmp_path)
+    assert len(data) == 21 and data.labels.tolist().count(CIFAR10_CLASSES.index("cat")) == 3
+    printed = capsys.readouterr().out
+    assert "cifar10/test changed since" in printed and "(20 files then, 21 now); building it again" in printed
+
+    replaced = folder / "dog" / "0000.png"  # replaced by other pixels (and another date)
+    write_png(torch.full((3, 32, 32), 200, dtype=torch.uint8), str(replaced))
+    stat = replaced.stat()
+    os.utime(replaced, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    data = load_cifar10("test", root=tmp_path)
+    printed = capsys.readouterr().out
+    assert "21 files then and now" in printed and "decoding 21 images" in printed
+    assert (data.images == 200).all(dim=(1, 2, 3)).sum() == 1
+
+    (folder / "cat" / "0100.png").unlink()  # removed
+    assert len(load_cifar10("test", root=tmp_path)) == 20
+    assert "21 files then, 20 now" in capsys.readouterr().out
+    load_cifar10("test", root=tmp_path)
+    assert capsys.readouterr().out == ""  # unchanged: quiet
+
+
+def test_cache_of_an_older_minivit_is_rebuilt(tmp_path, capsys):
+    make_image_folder(tmp_path / "cifar10" / "test", CIFAR10_CLASSES, per_class=1, size=32)
+    (tmp_path / "cache").mkdir()
+    np.savez(tmp_path / "cache" / "cifar10_test.npz", images=np.zeros((3, 3, 32, 32), np.uint8), labels=np.zeros(3, np.int64))
+    data = load_cifar10("test", root=tmp_path)
+    assert len(data) == 10 and "made by an older minivit" in capsys.readouterr().out
+
+
+def test_torchvision_download_says_what_it_fetches_and_is_canonical(tmp_path, monkeypatch, capsys):
+    import torchvision.datasets
+
+    class FakeCIFAR10:  # torchvision's class, without the 163 MB download
+        url = torchvision.datasets.CIFAR10.url
+        filename = torchvision.datasets.CIFAR10.filename
+        downloaded = False
+
+        def __init__(self, root, train, download):
+            if not (download or FakeCIFAR10.downloaded):
+                raise RuntimeError("Dataset not found or corrupted.")
+            FakeCIFAR10.downloaded = True
+            self.data = np.full((20 if train else 10, 32, 32, 3), 9, np.uint8)
+            self.targets = list(range(10)) * (len(self.data) // 10)
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
+    monkeypatch.chdir(tmp_path)
+    data = load_cifar10("test", root=tmp_path / "data")
+    printed = capsys.readouterr().out
+    assert "downloading cifar-10-python.tar.gz (about 163 MB) from www.cs.toronto.edu into data" in printed
+    assert data.source == CANONICAL_SOURCE and data.subset(1).source == CANONICAL_SOURCE
+    assert load_cifar10("test", root=tmp_path / "data").source == CANONICAL_SOURCE  # from the cache
+    assert capsys.readouterr().out == ""
+    # an image folder put there later takes precedence: the cache notices
+    make_image_folder(tmp_path / "data" / "cifar10" / "test", CIFAR10_CLASSES, per_class=1, size=32)
+    data = load_cifar10("test", root=tmp_path / "data")
+    assert len(data) == 10 and data.source.startswith("CIFAR-10 as PNG image folder")
+    assert "appeared after" in capsys.readouterr().out
