@@ -10,15 +10,17 @@ N = gh * gw patches row by row), B images, Q object queries of DETR.
   (Fig. 7 centre), :func:`patch_embedding_components` (Fig. 7 left);
 * :func:`cross_layer_similarity`: attention collapse across depth (DeepViT, Zhou et al. 2021);
 * :func:`detr_encoder_attention_at`, :func:`detr_cross_attention_maps`: DETR's maps;
-* :class:`ViTAttentionExplorer`, :class:`DETRAttentionExplorer`: ipywidgets 8 explorers whose
-  callbacks are plain methods (testable without a browser).
+* :class:`ViTAttentionExplorer`, :class:`DETRAttentionExplorer`: ipywidgets explorers (7.7, as on
+  Colab, and 8) whose callbacks are plain methods (testable without a browser).
 """
 from __future__ import annotations
 
+import html
 import io
 import math
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 
 import matplotlib
@@ -29,6 +31,7 @@ from PIL import Image
 from torchvision.utils import draw_bounding_boxes
 
 from minivit.boxes import box_cxcywh_to_xyxy, denormalize_boxes
+from minivit.devices import module_device
 
 # ----------------------------------------------------------------------------- capture
 
@@ -44,6 +47,7 @@ def capture_attention(model, images: torch.Tensor) -> tuple[torch.Tensor, torch.
 
     Uses ``model.forward_with_attention``, the written-out attention path that returns its
     softmax weights; the model is put in eval mode so that no dropout touches the weights.
+    The images move to the model's device; the results come back to the CPU, where maps are drawn.
     """
     if not hasattr(model, "forward_with_attention"):
         raise ValueError(f"{type(model).__name__} has no forward_with_attention(images); pass a minivit ViT")
@@ -55,8 +59,8 @@ def capture_attention(model, images: torch.Tensor) -> tuple[torch.Tensor, torch.
             f"{tuple(images.shape)}; convert uint8 images with the model's preprocessing first"
         )
     model.eval()
-    logits, attention = model.forward_with_attention(images)
-    return logits, attention  # (B, classes), (L, B, H, T, T)
+    logits, attention = model.forward_with_attention(images.to(module_device(model)))  # where the model is
+    return logits.cpu(), attention.cpu()  # (B, classes), (L, B, H, T, T), back on the CPU for drawing
 
 
 def _check_square(attention: torch.Tensor, name: str = "attention") -> None:
@@ -325,16 +329,97 @@ def png_bytes(image_hwc: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+# An upload larger than this is refused before decoding. 20 MB holds every ordinary photo (a 12 MP
+# phone JPEG is 2-5 MB, a 48-50 MP one 8-15 MB) while bounding what the kernel keeps: the widget
+# holds the file and the decoder copies it. (A local Jupyter server drops websocket messages over
+# 10 MiB by default, so there a file over ~10 MB never reaches the kernel at all.)
+MAX_UPLOAD_BYTES = 20 * 1000 * 1000
+# More pixels than this are refused from the header, before decoding: 50 MP admits 48-50 MP phone
+# photos; a PNG of that size decodes to 150 MB of RGB (JPEGs are decoded at 1/2-1/8 scale).
+MAX_UPLOAD_PIXELS = 50 * 1000 * 1000
+
+# EXIF orientation -> the transpose that shows the photo upright (as ImageOps.exif_transpose)
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSE = getattr(Image, "Transpose", Image)  # the enum since Pillow 9.1, module constants before
+_UPRIGHT = {
+    2: _TRANSPOSE.FLIP_LEFT_RIGHT, 3: _TRANSPOSE.ROTATE_180, 4: _TRANSPOSE.FLIP_TOP_BOTTOM,
+    5: _TRANSPOSE.TRANSPOSE, 6: _TRANSPOSE.ROTATE_270, 7: _TRANSPOSE.TRANSVERSE, 8: _TRANSPOSE.ROTATE_90,
+}
+
+
+def _megabytes(num_bytes: int) -> str:
+    return f"{num_bytes / 1e6:.1f} MB"
+
+
 def image_from_bytes(data: bytes, size: int) -> torch.Tensor:
-    """Decode an uploaded image file, centre-crop it to a square and resize: (3, size, size) uint8."""
+    """Decode an uploaded image file, centre-crop it to a square and resize: (3, size, size) uint8.
+
+    Raises ``ValueError`` with a message for the user for a file that is not an image or is over
+    :data:`MAX_UPLOAD_BYTES` or :data:`MAX_UPLOAD_PIXELS`. Big photos are cheap: a JPEG is
+    decoded at reduced scale (``draft``), other formats are box-reduced before the bicubic resize,
+    and the EXIF orientation of a phone photo is applied."""
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise ValueError(
+            f"the file is {_megabytes(len(data))}, over the limit of {_megabytes(MAX_UPLOAD_BYTES)}; "
+            "upload a smaller copy (the model sees it at a few dozen pixels anyway)"
+        )
     try:
-        picture = Image.open(io.BytesIO(bytes(data))).convert("RGB")
+        with warnings.catch_warnings():  # PIL warns over 89 MP; the limit below speaks for itself
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            picture = Image.open(io.BytesIO(data))  # reads the header only
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"the image has too many pixels ({error}); the limit is {MAX_UPLOAD_PIXELS / 1e6:.0f} megapixels") from error
     except Exception as error:  # PIL raises several types for bad files
         raise ValueError(f"could not read the uploaded file as an image ({error}); upload a PNG or JPEG") from error
-    side = min(picture.size)
-    left, top = (picture.width - side) // 2, (picture.height - side) // 2
-    picture = picture.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
+    width, height = picture.size
+    if width * height > MAX_UPLOAD_PIXELS:
+        raise ValueError(
+            f"the image is {width}x{height} pixels ({width * height / 1e6:.0f} megapixels), over the limit of "
+            f"{MAX_UPLOAD_PIXELS / 1e6:.0f} megapixels; upload a smaller copy"
+        )
+    try:
+        orientation = picture.getexif().get(_EXIF_ORIENTATION)
+        side = min(width, height)
+        if picture.format == "JPEG":  # decode at 1/2, 1/4 or 1/8 scale, still at least size x size
+            scale = picture.draft("RGB", (max(1, size * width // side), max(1, size * height // side)))
+            if scale is not None:
+                width, height = picture.size
+                side = min(width, height)
+        picture = picture.convert("RGB")
+        left, top = (width - side) // 2, (height - side) // 2
+        picture = picture.resize((size, size), Image.BICUBIC, box=(left, top, left + side, top + side), reducing_gap=3.0)
+    except Exception as error:  # a truncated or corrupt file fails only when decoded
+        raise ValueError(f"could not read the uploaded file as an image ({error}); upload a PNG or JPEG") from error
+    if orientation in _UPRIGHT:
+        picture = picture.transpose(_UPRIGHT[orientation])
     return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1)
+
+
+def uploaded_files(value) -> list[tuple[str, bytes]]:
+    """``(file name, content)`` of each file in a ``FileUpload.value`` of either ipywidgets version.
+
+    ipywidgets 8: a tuple of dicts with keys name, type, size, content (memoryview), last_modified;
+    ipywidgets 7: a dict ``{name: {"metadata": {name, type, size, lastModified}, "content": bytes}}``."""
+    if not value:
+        return []
+    if isinstance(value, Mapping):  # ipywidgets 7
+        return [(str(entry.get("metadata", {}).get("name") or name), bytes(entry["content"])) for name, entry in value.items()]
+    return [(str(entry["name"]), bytes(entry["content"])) for entry in value]  # ipywidgets 8
+
+
+def clear_upload(upload) -> None:
+    """Empty a ``FileUpload`` (either version): frees the file and lets the same file be uploaded again
+    (an identical new value would not notify). The observer sees an empty value."""
+    if isinstance(upload.value, Mapping):  # ipywidgets 7: value is read-only, rebuilt from metadata + data
+        upload.metadata, upload.data = [], []  # keep _counter: the front end counts uploads from it
+        upload.set_trait("value", {})
+    else:
+        upload.value = ()
+
+
+def html_text(text: str) -> str:
+    """Plain text (possibly holding a user's file name) as HTML: escaped, line breaks kept."""
+    return html.escape(str(text)).replace("\n", "<br>")
 
 
 # ----------------------------------------------------------------------------- explorers
@@ -344,13 +429,30 @@ QUERY_CLASS_TOKEN, QUERY_POOLED, QUERY_PATCH = "class token", "mean of all token
 ALL_ABOVE_THRESHOLD = "all above threshold"
 
 
+WIDGET_VIEW_MIMETYPE = "application/vnd.jupyter.widget-view+json"
+
+
+def _widget_mimebundle(widget) -> dict:
+    """The display data of a widget: its view (model id) and a text/plain fallback.
+
+    ipywidgets 8 implements ``_repr_mimebundle_``; 7.x only ``_ipython_display_``, which displays
+    by itself, so its bundle (the same one, protocol 2.0) is built here."""
+    make_bundle = getattr(widget, "_repr_mimebundle_", None)
+    if callable(make_bundle):  # ipywidgets 8
+        return dict(make_bundle())
+    return {"text/plain": repr(widget)[:110], WIDGET_VIEW_MIMETYPE: {"version_major": 2, "version_minor": 0, "model_id": widget.model_id}}
+
+
 def _display_widget(widget, name: str) -> None:
-    """Display a widget; a saved notebook opened without its kernel shows a line, not the widget's repr."""
+    """Display a widget (ipywidgets 7 or 8); a saved notebook opened without its kernel shows a
+    line, not the widget's repr."""
     from IPython.display import display
 
-    bundle = widget._repr_mimebundle_()  # the IPython display protocol: widget view + text/plain
+    bundle = _widget_mimebundle(widget)
     bundle["text/plain"] = f"[{name}: run the notebook in JupyterLab or Colab to use it]"
     display(bundle, raw=True)
+    if not callable(getattr(widget, "_repr_mimebundle_", None)) and callable(getattr(widget, "_handle_displayed", None)):
+        widget._handle_displayed()  # what 7.x's _ipython_display_ does after displaying: on_displayed callbacks
 
 
 @contextmanager
@@ -459,16 +561,17 @@ class ViTAttentionExplorer:
         self.set_image(self.images[index], self._image_name(index))
 
     def _on_upload(self, change) -> None:
-        files = change["new"]
-        if not files:
+        files = uploaded_files(change["new"])
+        if not files:  # also the echo of clear_upload below
             return
-        upload = files[-1]
+        name, content = files[-1]
+        clear_upload(self.upload)  # free the file; uploading the same file again works
         try:
-            image = image_from_bytes(upload["content"], self.model.image_size)
+            image = image_from_bytes(content, self.model.image_size)
         except ValueError as error:
-            self.caption.value = f"<b>upload failed:</b> {error}"
+            self.caption.value = f"<b>upload failed:</b> {html_text(f'{name}: {error}')}"
             return
-        self.set_image(image, f"upload: {upload['name']}")
+        self.set_image(image, f"upload: {name}")
 
     def _on_patch(self, change) -> None:
         if self.query.value != QUERY_PATCH:
@@ -509,7 +612,7 @@ class ViTAttentionExplorer:
             attention_map = self.current_map()
             self.picture.value = png_bytes(self.render())
         self.last_redraw_seconds = time.perf_counter() - start
-        self.caption.value = self.describe_current(attention_map).replace("\n", "<br>")
+        self.caption.value = html_text(self.describe_current(attention_map))  # the label may hold a file name
 
     def describe_current(self, attention_map: torch.Tensor | None = None) -> str:
         attention_map = self.current_map() if attention_map is None else attention_map
@@ -653,7 +756,7 @@ class DETRAttentionExplorer:
         with one_thread():
             self.picture.value = png_bytes(self.render())
         self.last_redraw_seconds = time.perf_counter() - start
-        self.caption.value = self.describe_current().replace("\n", "<br>")
+        self.caption.value = html_text(self.describe_current())
 
     def describe_current(self) -> str:
         lines = []

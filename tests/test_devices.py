@@ -212,3 +212,13 @@ def test_notebooks_leave_devices_and_precision_to_minivit(notebook):
     offending = [f"cell {i}: {line.strip()}" for i, cell in enumerate(cells) if cell["cell_type"] == "code"
                  for line in "".join(cell["source"]).splitlines() if RAW_DEVICE_DECISION.search(line)]
     assert not offending, f"{notebook.name} moves tensors or picks precision itself: {offending}"
+
+
+def test_chapter7_attention_capture_with_the_model_on_the_device():
+    from minivit.viz import capture_attention
+
+    images = torch.rand(2, 3, 32, 32)  # preprocessed, on the CPU
+    with fake_accelerator() as device:
+        model = minivit.to_device(build_vit("vit_cifar_small"), device)
+        logits, attention = capture_attention(model, images)
+    assert logits.device.type == "cpu" and attention.shape == (4, 2, 4, 65, 65)

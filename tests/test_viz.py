@@ -266,3 +266,193 @@ def test_figures_have_titles_and_labels(small_vit, images):
         assert figure._suptitle is not None and figure._suptitle.get_text()
         plt.close(figure)
     assert figures[1].axes[0].get_ylabel() == "mean attention distance (pixels)"
+
+
+# ----------------------------------------------------------------------------- uploads (ipywidgets 7 and 8), escaping, size limits
+
+EVIL_NAME = "<img src=x onerror=alert(1)>.png"
+
+
+def _encoded(image: Image.Image, format: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **options)
+    return buffer.getvalue()
+
+
+def _photo(width: int, height: int, noise: int, seed: int = 0) -> Image.Image:
+    """A photo-like picture (smooth colours plus sensor-like noise), made in a fraction of a second."""
+    x, y = np.linspace(0, 12, width, dtype=np.float32), np.linspace(0, 9, height, dtype=np.float32)
+    red = np.broadcast_to(127 + 100 * np.sin(x)[None, :], (height, width))
+    green = np.broadcast_to(127 + 100 * np.cos(y)[:, None], (height, width))
+    blue = 127 + 60 * np.sin(x[None, :] + y[:, None])
+    pixels = np.stack([red, green, blue], axis=-1).astype(np.uint8)
+    pixels += np.random.default_rng(seed).integers(0, noise, pixels.shape, dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+@pytest.fixture(scope="module")
+def big_uploads():
+    """About 2 MB each: a 12-megapixel phone-sized JPEG and a 1200x900 PNG."""
+    jpeg = _encoded(_photo(4032, 3024, noise=40), "JPEG", quality=80)
+    png = _encoded(_photo(1200, 900, noise=16, seed=1), "PNG", compress_level=1)
+    assert 1.5e6 < len(jpeg) < 4e6 and 1.5e6 < len(png) < 4e6, (len(jpeg), len(png))
+    return {"photo.jpg": jpeg, "screenshot.png": png}
+
+
+def _value_v8(name: str, content: bytes) -> tuple:
+    """FileUpload.value as ipywidgets 8 holds it."""
+    return ({"name": name, "type": "image/png", "size": len(content), "content": memoryview(content), "last_modified": NOW},)
+
+
+def _value_v7(name: str, content: bytes) -> dict:
+    """FileUpload.value as ipywidgets 7.x holds it."""
+    metadata = {"name": name, "type": "image/png", "size": len(content), "lastModified": 1700000000000}
+    return {name: {"metadata": metadata, "content": content}}
+
+
+def _frontend_upload_v8(upload, name: str, content: bytes) -> None:
+    """What JupyterLab's ipywidgets 8 front end sends for one chosen file (through the deserializer)."""
+    upload.set_state({"value": [{"name": name, "type": "image/png", "size": len(content), "content": memoryview(content), "last_modified": 1700000000000}]})
+
+
+def test_uploaded_files_reads_both_widget_formats():
+    assert viz.uploaded_files(()) == [] and viz.uploaded_files({}) == [] and viz.uploaded_files(None) == []
+    assert viz.uploaded_files(_value_v8("a.png", b"abc")) == [("a.png", b"abc")]
+    assert viz.uploaded_files(_value_v7("a.png", b"abc")) == [("a.png", b"abc")]
+    two_v8 = _value_v8("a.png", b"abc") + _value_v8("b.jpg", b"de")
+    assert viz.uploaded_files(two_v8) == [("a.png", b"abc"), ("b.jpg", b"de")]
+    two_v7 = {**_value_v7("a.png", b"abc"), **_value_v7("b.jpg", b"de")}
+    assert viz.uploaded_files(two_v7) == [("a.png", b"abc"), ("b.jpg", b"de")]
+    assert all(type(content) is bytes for _, content in viz.uploaded_files(two_v8))  # memoryviews copied out
+
+
+def test_html_text_escapes_user_strings():
+    assert viz.html_text(EVIL_NAME) == "&lt;img src=x onerror=alert(1)&gt;.png"
+    assert viz.html_text('a & "b"\nc') == "a &amp; &quot;b&quot;<br>c"
+
+
+def test_vit_explorer_escapes_the_uploaded_file_name(small_vit, images):
+    explorer = viz.ViTAttentionExplorer(small_vit, images)
+    explorer.upload.value = _value_v8(EVIL_NAME, _encoded(Image.new("RGB", (40, 30), (250, 10, 10)), "PNG"))
+    assert explorer.image_label == f"upload: {EVIL_NAME}"  # the plain text keeps the name
+    assert "<img" not in explorer.caption.value and "upload: &lt;img src=x onerror=alert(1)&gt;.png" in explorer.caption.value
+    assert "<br>" in explorer.caption.value  # the caption's own line break stays markup
+    explorer.upload.value = _value_v8(EVIL_NAME, b"not an image")
+    assert explorer.caption.value.startswith("<b>upload failed:</b> &lt;img") and "<img" not in explorer.caption.value
+
+
+def test_detr_explorer_escapes_class_names():
+    from minivit.detr import build_tiny_detr
+
+    torch.manual_seed(0)
+    model = build_tiny_detr(num_classes=2, num_queries=3, hidden_dim=32, num_heads=2, dim_feedforward=64, backbone_widths=(8, 16, 16, 16))
+    explorer = viz.DETRAttentionExplorer(model, torch.rand(1, 3, 64, 64), ["<b>x</b>", "y&z"], threshold=0.05)
+    explorer.query.value = explorer.query.options[1][1]
+    assert "<b>x</b>" not in explorer.caption.value and ("&lt;b&gt;x&lt;/b&gt;" in explorer.caption.value or "y&amp;z" in explorer.caption.value)
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG signature and header claiming width x height: PIL reads the size without pixel data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(16))) + chunk(b"IEND", b"")
+
+
+def test_image_from_bytes_refuses_oversized_uploads():
+    assert viz.MAX_UPLOAD_BYTES == 20_000_000 and viz.MAX_UPLOAD_PIXELS == 50_000_000
+    with pytest.raises(ValueError, match=r"the file is 20\.0 MB, over the limit of 20\.0 MB"):
+        viz.image_from_bytes(bytes(viz.MAX_UPLOAD_BYTES + 1), 32)
+    with pytest.raises(ValueError, match=r"8000x7000 pixels \(56 megapixels\), over the limit of 50 megapixels"):
+        viz.image_from_bytes(_png_header(8000, 7000), 32)
+    with pytest.raises(ValueError, match="too many pixels.*limit is 50 megapixels"):  # PIL's own bomb check (> 179 MP)
+        viz.image_from_bytes(_png_header(20000, 10000), 32)
+    with pytest.raises(ValueError, match="could not read"):  # a header without pixels: fails when decoded
+        viz.image_from_bytes(_png_header(7000, 7000), 32)
+
+
+def test_image_from_bytes_big_photos_fast_and_upright(big_uploads):
+    def best_of_three(function):
+        timings = []
+        for _ in range(3):
+            start = time.perf_counter()
+            result = function()
+            timings.append(time.perf_counter() - start)
+        return result, min(timings)
+
+    jpeg = big_uploads["photo.jpg"]
+    image, seconds = best_of_three(lambda: viz.image_from_bytes(jpeg, 32))
+    assert image.shape == (3, 32, 32) and image.dtype == torch.uint8
+    # the plain way: decode every pixel, crop, resize (about 10x slower on a 12 MP photo)
+    full, plain = best_of_three(lambda: Image.open(io.BytesIO(jpeg)).convert("RGB").crop((504, 0, 3528, 3024)).resize((32, 32), Image.BICUBIC))
+    assert seconds < 0.5 * plain, f"{seconds * 1000:.0f} ms vs {plain * 1000:.0f} ms decoding every pixel: draft() unused?"
+    assert np.abs(np.asarray(full).astype(int) - image.permute(1, 2, 0).numpy()).mean() < 2  # the same picture
+    png, seconds = best_of_three(lambda: viz.image_from_bytes(big_uploads["screenshot.png"], 32))
+    assert png.shape == (3, 32, 32) and seconds < 1.0
+    # a phone photo stored sideways (EXIF orientation 6: turn 90 degrees clockwise): red left half -> red top half
+    sideways = np.zeros((40, 60, 3), np.uint8)
+    sideways[:, :30, 0] = 255
+    sideways[:, 30:, 2] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    upright = viz.image_from_bytes(_encoded(Image.fromarray(sideways), "JPEG", exif=exif.tobytes()), 16).float()
+    assert upright[0, :8].mean() > 200 and upright[0, 8:].mean() < 50 and upright[2, 8:].mean() > 200
+
+
+@pytest.mark.parametrize("name", ["photo.jpg", "screenshot.png"])
+def test_vit_explorer_uploads_2mb_photos_in_both_formats(small_vit, images, big_uploads, name):
+    content = big_uploads[name]
+    explorer = viz.ViTAttentionExplorer(small_vit, images)
+    start_picture = explorer.picture.value
+    _frontend_upload_v8(explorer.upload, name, content)  # ipywidgets 8, as the front end delivers it
+    assert explorer.image_label == f"upload: {name}" and explorer.picture.value != start_picture
+    assert explorer.upload.value == ()  # cleared: the file is freed, and the same file can come again
+    uploaded_picture = explorer.picture.value
+    explorer.image_picker.value = 1
+    _frontend_upload_v8(explorer.upload, name, content)  # the same file again
+    assert explorer.picture.value == uploaded_picture and explorer.image_label == f"upload: {name}"
+    explorer.image_picker.value = 2
+    explorer._on_upload({"new": _value_v7(name, content)})  # the handler also reads ipywidgets 7's format
+    assert explorer.picture.value == uploaded_picture and explorer.image_label == f"upload: {name}"
+
+
+def test_vit_explorer_refuses_a_too_big_upload(small_vit, images, monkeypatch):
+    explorer = viz.ViTAttentionExplorer(small_vit, images)
+    before, label = explorer.picture.value, explorer.image_label
+    monkeypatch.setattr(viz, "MAX_UPLOAD_BYTES", 1000)
+    explorer.upload.value = _value_v8("big.png", _encoded(_photo(100, 100, noise=64), "PNG"))
+    assert "upload failed:</b> big.png: the file is" in explorer.caption.value and "over the limit of 0.0 MB" in explorer.caption.value
+    assert explorer.picture.value == before and explorer.image_label == label  # the current image stays
+
+
+def test_display_widget_bundle(small_vit, images, monkeypatch):
+    import IPython.display
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda *objects, **options: shown.append((objects, options)))
+    explorer = viz.ViTAttentionExplorer(small_vit, images)
+    explorer.show()
+    (bundle,), options = shown[-1]
+    assert options == {"raw": True}
+    assert bundle["text/plain"] == "[ViT attention explorer: run the notebook in JupyterLab or Colab to use it]"
+    assert bundle[viz.WIDGET_VIEW_MIMETYPE]["model_id"] == explorer.widget.model_id
+
+    class Widget7:  # ipywidgets 7.x: no _repr_mimebundle_, display callbacks after displaying
+        model_id, displayed = "abc123", 0
+
+        def _ipython_display_(self, **kwargs):
+            raise AssertionError("it would display by itself")
+
+        def _handle_displayed(self, **kwargs):
+            self.displayed += 1
+
+    old = Widget7()
+    viz._display_widget(old, "old")
+    (bundle,), _ = shown[-1]
+    assert bundle == {"text/plain": "[old: run the notebook in JupyterLab or Colab to use it]",
+                      viz.WIDGET_VIEW_MIMETYPE: {"version_major": 2, "version_minor": 0, "model_id": "abc123"}}
+    assert old.displayed == 1
