@@ -423,7 +423,7 @@ def test_vit_explorer_uploads_2mb_photos_in_both_formats(small_vit, images, big_
 def test_vit_explorer_refuses_a_too_big_upload(small_vit, images, monkeypatch):
     explorer = viz.ViTAttentionExplorer(small_vit, images)
     before, label = explorer.picture.value, explorer.image_label
-    monkeypatch.setattr(viz, "MAX_UPLOAD_BYTES", 1000)
+    monkeypatch.setattr(viz.widgets, "MAX_UPLOAD_BYTES", 1000)  # where image_from_bytes reads it
     explorer.upload.value = _value_v8("big.png", _encoded(_photo(100, 100, noise=64), "PNG"))
     assert "upload failed:</b> big.png: the file is" in explorer.caption.value and "over the limit of 0.0 MB" in explorer.caption.value
     assert explorer.picture.value == before and explorer.image_label == label  # the current image stays
@@ -451,7 +451,7 @@ def test_display_widget_bundle(small_vit, images, monkeypatch):
             self.displayed += 1
 
     old = Widget7()
-    viz._display_widget(old, "old")
+    viz.widgets._display_widget(old, "old")
     (bundle,), _ = shown[-1]
     assert bundle == {"text/plain": "[old: run the notebook in JupyterLab or Colab to use it]",
                       viz.WIDGET_VIEW_MIMETYPE: {"version_major": 2, "version_minor": 0, "model_id": "abc123"}}

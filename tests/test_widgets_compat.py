@@ -196,11 +196,11 @@ def drive() -> None:
     display(explorer.widget)
     own = published[-1]
     for name, widget in (("ViT attention explorer", explorer.widget), ("DETR attention explorer", detr_explorer.widget)):
-        viz._display_widget(widget, name)
+        viz.widgets._display_widget(widget, name)
         bundle = published[-1]
         assert bundle["text/plain"] == f"[{name}: run the notebook in JupyterLab or Colab to use it]", bundle
         assert bundle[viz.WIDGET_VIEW_MIMETYPE]["model_id"] == widget.model_id, bundle
-    viz._display_widget(explorer.widget, "ViT attention explorer")
+    viz.widgets._display_widget(explorer.widget, "ViT attention explorer")
     assert published[-1].keys() == own.keys() and published[-1][viz.WIDGET_VIEW_MIMETYPE] == own[viz.WIDGET_VIEW_MIMETYPE], (own, published[-1])
     explorer.show()  # displays and prints the plain summary
     detr_explorer.show()
