@@ -60,9 +60,8 @@ class AttentionExplorer:
         import ipywidgets as widgets
 
         self.model, self.images, self.display_size = model.eval(), images, display_size
-        self.image_picker = widgets.Dropdown(
-            options=[(self._image_name(i), i) for i in range(len(images))], description="image"
-        )
+        names = [(self._image_name(i), i) for i in range(len(images))]
+        self.image_picker = widgets.Dropdown(options=names, description="image")
         self.picture = widgets.Image(format="png", width=2 * display_size, height=display_size)  # (S, 2S)
         self.caption = widgets.HTML()
         self.picture.add_class(f"minivit-{self.css_name}-picture")
@@ -211,8 +210,7 @@ class ViTAttentionExplorer(AttentionExplorer):
         self.redraw()
 
     def _on_pick(self, change) -> None:
-        index = change["new"]
-        self.set_image(self.images[index], self._image_name(index))
+        self.set_image(self.images[change["new"]], self._image_name(change["new"]))
 
     def _on_upload(self, change) -> None:
         files = uploaded_files(change["new"])
@@ -268,9 +266,8 @@ class ViTAttentionExplorer(AttentionExplorer):
         top = int(self.probabilities.argmax())
         predicted = self.class_names[top] if self.class_names else str(top)
         peak_row, peak_col = divmod(int(attention_map.argmax()), self.grid_size)
-        query = self.query.value
-        if query == QUERY_PATCH:
-            query = f"patch (row {self.row.value}, column {self.col.value})"
+        patch = f"patch (row {self.row.value}, column {self.col.value})"
+        query = patch if self.query.value == QUERY_PATCH else self.query.value
         return (
             f"{self.image_label}; predicted {predicted} ({self.probabilities[top]:.0%})\n"
             f"layer {self.layer.value}, {self.head.value}, query {query}: strongest on patch "
@@ -318,13 +315,11 @@ class DETRAttentionExplorer(AttentionExplorer):
             raise ValueError(f"images must be a non-empty batch (N, 3, H, W), got shape {tuple(images.shape)}")
         self.class_names, self.preprocess = list(class_names), preprocess
         super().__init__(model, images.float() / 255 if images.dtype == torch.uint8 else images, display_size)
-        num_layers = len(model.transformer.decoder.layers)
+        last = len(model.transformer.decoder.layers) - 1  # the last decoder layer: the default
         self.threshold = widgets.FloatSlider(value=threshold, min=0.05, max=0.95, step=0.05, description="threshold")
         self.query = widgets.Dropdown(description="query", layout=widgets.Layout(width="360px"))
-        self.layer = widgets.IntSlider(
-            value=num_layers - 1, min=0, max=num_layers - 1, description="decoder layer",
-            style={"description_width": "initial"},
-        )
+        whole = {"description_width": "initial"}  # show the whole description
+        self.layer = widgets.IntSlider(value=last, min=0, max=last, description="decoder layer", style=whole)
         self.threshold.observe(self._on_threshold, names="value")
         for widget in (self.query, self.layer):
             widget.observe(self.redraw, names="value")
