@@ -266,6 +266,14 @@ class DETREncoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(DETREncoderLayer(dim, num_heads, dim_feedforward, dropout) for _ in range(num_layers))
 
+    def forward(self, src, pos, key_padding_mask=None, need_weights=False):
+        """src, pos (B, N, D), key_padding_mask (B, N) -> memory (B, N, D), weights (L, B, H, N, N) or None."""
+        memory, all_weights = src, []
+        for layer in self.layers:
+            memory, weights = layer(memory, pos, key_padding_mask, need_weights)
+            all_weights.append(weights)
+        return memory, torch.stack(all_weights) if need_weights else None
+
 
 class DETRDecoder(nn.Module):
     """A stack of decoder layers and one shared final LayerNorm, applied to every layer's output."""
@@ -274,6 +282,19 @@ class DETRDecoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(DETRDecoderLayer(dim, num_heads, dim_feedforward, dropout) for _ in range(num_layers))
         self.norm = nn.LayerNorm(dim)
+
+    def forward(self, tgt, memory, pos, query_pos, memory_key_padding_mask=None, need_weights=False):
+        """tgt, query_pos (B, Q, D); memory, pos (B, N, D) -> every layer's normalized output (L, B, Q, D),
+        self weights (L, B, H, Q, Q) and cross weights (L, B, H, Q, N), or None, None."""
+        intermediate, self_weights, cross_weights = [], [], []
+        for layer in self.layers:
+            tgt, weights_self, weights_cross = layer(tgt, memory, pos, query_pos, memory_key_padding_mask, need_weights)
+            intermediate.append(self.norm(tgt))  # the shared final norm, on every layer's output (aux losses)
+            self_weights.append(weights_self)
+            cross_weights.append(weights_cross)
+        if not need_weights:
+            return torch.stack(intermediate), None, None
+        return torch.stack(intermediate), torch.stack(self_weights), torch.stack(cross_weights)
 
 
 class DETRTransformer(nn.Module):
@@ -298,27 +319,17 @@ class DETRTransformer(nn.Module):
         key_padding_mask = mask.flatten(1)  # (B, N)
         query_pos = query_embed[None].expand(batch, -1, -1)  # (B, Q, D)
 
-        encoder_weights, self_weights, cross_weights = [], [], []
-        memory = src
-        for layer in self.encoder.layers:
-            memory, weights = layer(memory, pos, key_padding_mask, need_weights)
-            encoder_weights.append(weights)
-
-        tgt, intermediate = torch.zeros_like(query_pos), []  # the decoder starts from zeros
-        for layer in self.decoder.layers:
-            tgt, weights_self, weights_cross = layer(tgt, memory, pos, query_pos, key_padding_mask, need_weights)
-            intermediate.append(self.decoder.norm(tgt))
-            self_weights.append(weights_self)
-            cross_weights.append(weights_cross)
-
+        memory, encoder_weights = self.encoder(src, pos, key_padding_mask, need_weights)  # (B, N, D)
+        tgt = torch.zeros_like(query_pos)  # the decoder starts from zeros
+        hs, self_weights, cross_weights = self.decoder(tgt, memory, pos, query_pos, key_padding_mask, need_weights)
         attention = {}
         if need_weights:
             attention = {
-                "encoder": torch.stack(encoder_weights),  # (L_enc, B, H, N, N)
-                "decoder_self": torch.stack(self_weights),  # (L_dec, B, H, Q, Q)
-                "decoder_cross": torch.stack(cross_weights),  # (L_dec, B, H, Q, N)
+                "encoder": encoder_weights,  # (L_enc, B, H, N, N)
+                "decoder_self": self_weights,  # (L_dec, B, H, Q, Q)
+                "decoder_cross": cross_weights,  # (L_dec, B, H, Q, N)
             }
-        return torch.stack(intermediate), memory, attention  # (L_dec, B, Q, D)
+        return hs, memory, attention  # (L_dec, B, Q, D)
 
 
 # ----------------------------------------------------------------------------- DETR

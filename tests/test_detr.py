@@ -11,7 +11,9 @@ from minivit.detr import (
     OFFICIAL_DETR_R50_URL,
     DETR,
     Backbone,
+    DETRDecoder,
     DETRDecoderLayer,
+    DETREncoder,
     DETREncoderLayer,
     FrozenBatchNorm2d,
     MinimalDETR,
@@ -232,6 +234,25 @@ def test_decoder_layer_equals_torch_post_norm_layer_without_positions():
     tgt, memory = torch.randn(2, 5, 32), torch.randn(2, 9, 32)
     out, _, _ = ours(tgt, memory, torch.zeros_like(memory), torch.zeros_like(tgt))
     torch.testing.assert_close(out, reference(tgt, memory))
+
+
+def test_encoder_and_decoder_stacks_equal_torch_stacks_without_positions():
+    # the official module boundaries: transformer.encoder(src, pos, mask) and transformer.decoder(...)
+    torch.manual_seed(0)
+    encoder, decoder = DETREncoder(2, 32, 4, 64, dropout=0.0).eval(), DETRDecoder(2, 32, 4, 64, dropout=0.0).eval()
+    reference_encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True),
+                                              2, enable_nested_tensor=False).eval()
+    reference_decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(32, 4, 64, dropout=0.0, batch_first=True),
+                                              2, norm=nn.LayerNorm(32)).eval()
+    for ours, reference in ((encoder, reference_encoder), (decoder, reference_decoder)):
+        reference.load_state_dict({minivit_to_official_key(k): v for k, v in ours.state_dict().items()})
+    src, tgt = torch.randn(2, 9, 32), torch.randn(2, 5, 32)
+    memory, weights = encoder(src, torch.zeros_like(src), need_weights=True)
+    torch.testing.assert_close(memory, reference_encoder(src))
+    assert weights.shape == (2, 2, 4, 9, 9)  # (layers, B, heads, N, N)
+    hs, self_weights, cross_weights = decoder(tgt, memory, torch.zeros_like(memory), torch.zeros_like(tgt))
+    torch.testing.assert_close(hs[-1], reference_decoder(tgt, memory))  # the final norm ends both
+    assert hs.shape == (2, 2, 5, 32) and self_weights is None and cross_weights is None
 
 
 def test_decoder_layer_adds_positions_to_queries_and_keys_only():
