@@ -163,9 +163,9 @@ def profile_reason() -> str:
     return "the default for this device: gpu on a CUDA GPU, else cpu"
 
 
-def setup(profile: str | None = None, device: str | None = None, seed: int | None = 0, verbose: bool = True) -> str:
+def setup(profile: str | None = None, device: str | None = None, seed: int | None = 0, verbose: bool = True) -> None:
     """A notebook's first call: pick the profile and the device, seed every generator, and say
-    (one line each) what was picked and why, before any long cell. Returns that text.
+    (one line each) what was picked and why, before any long cell (``verbose=False``: silently).
 
     ``profile``: ``smoke``, ``cpu``, ``gpu`` or None (``$MINIVIT_PROFILE``, else ``gpu`` on a CUDA
     GPU, else ``cpu``). ``device``: ``cpu``, ``cuda``, ``mps`` or None (``$MINIVIT_DEVICE``, else
@@ -183,10 +183,8 @@ def setup(profile: str | None = None, device: str | None = None, seed: int | Non
         f"training in {choose_precision(chosen_device)}",
         f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; {data_dir_reason()}",
     ]
-    text = "\n".join(lines)
     if verbose:
-        print(text)
-    return text
+        print("\n".join(lines))
 
 
 def _version() -> str:
