@@ -74,7 +74,8 @@ def add_config_flags(parser: argparse.ArgumentParser, config_class: type[Config]
     for item in fields(config_class):
         flag, hint, metadata = "--" + item.name.replace("_", "-"), hints[item.name], item.metadata
         check = metadata.get("check")
-        shown = ", ".join(f"{name} {_show(getattr(values, item.name))}" for name, values in profile_values.items())
+        shown = ", ".join(f"{name} {_show(getattr(values, item.name, item.default))}"
+                          for name, values in profile_values.items())
         help_text = f"{metadata.get('help', '')} [{check.describe() if check else 'any'}; profiles: {shown}]"
         options = dict(dest=item.name, default=argparse.SUPPRESS, help=help_text.replace("%", "%%"))
         if "metavar" in metadata:

@@ -20,7 +20,6 @@ older formats load with a ``DeprecationWarning`` (:mod:`minivit.train.legacy`).
 from __future__ import annotations
 
 import os
-import pickle
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -106,8 +105,8 @@ def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-        raise ValueError(f"{path} is not a checkpoint torch can read safely: {error}") from None
+    except Exception as error:  # torch.load fails in many ways on other files: UnpicklingError, KeyError, ...
+        raise ValueError(f"{path} is not a checkpoint torch can read safely ({type(error).__name__}: {error})") from None
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path} is not a minivit checkpoint: it holds a {type(checkpoint).__name__}, not a dict")
     if checkpoint.get("format") != FORMAT:
