@@ -22,7 +22,7 @@ from minivit.boxes import box_cxcywh_to_xyxy, box_iou, check_boxes
 from minivit.data.augment import to_float
 from minivit.detr import DETR, DETRConfig, postprocess
 from minivit.devices import Stopwatch, get_device, module_device
-from minivit.matching import HungarianMatcher, SetCriterion
+from minivit.matching import SetCriterion
 from minivit.models import MODEL_CONFIGS
 from minivit.train.checkpoint import load_checkpoint, save_checkpoint
 

@@ -63,7 +63,8 @@ def test_one_tiny_detr_configuration():
 def test_model_config_reads_like_the_dict_it_replaced():
     model = ViT(image_size=16, patch_size=4, dim=32, depth=2, num_heads=2, mlp_dim=64)
     assert model.config["depth"] == model.config.depth == 2
-    assert dict(model.config) == model.config.to_dict() and list(model.config.keys())[:2] == ["image_size", "patch_size"]
+    assert dict(model.config) == model.config.to_dict()
+    assert list(model.config.keys())[:2] == ["image_size", "patch_size"]
     assert ViT(**model.config).config == ViT(model.config).config == model.config
     with pytest.raises(KeyError):
         model.config["width"]
