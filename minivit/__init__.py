@@ -1,7 +1,8 @@
 """minivit: the helper package of the minivit course (transformers in computer vision).
 
 ``minivit.setup()`` (each notebook's first call) picks the run profile and the device;
-``minivit.devices`` makes every device and precision decision. Each chapter adds a module:
+``minivit.devices`` makes every device and precision decision; ``minivit.models`` names every
+model of the course (config dataclasses, ``build_model``). Each chapter adds a module:
 
 1. ``minivit.conv``: convolution by hand, a small CNN
 2. ``minivit.attention``, ``minivit.transformer``: attention and the encoder block

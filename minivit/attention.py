@@ -10,7 +10,6 @@ Masks follow the references they are tested against:
 from __future__ import annotations
 
 import math
-import time
 import weakref
 from dataclasses import dataclass
 
@@ -20,7 +19,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from minivit.devices import synchronize
+from minivit.devices import synchronize, timed
 
 
 def scaled_dot_product_attention(
@@ -219,10 +218,9 @@ def measure_attention_cost(
         synchronize(device)
         times = []
         for _ in range(repeats):
-            start = time.perf_counter()
-            attend()
-            synchronize(device)
-            times.append(time.perf_counter() - start)
+            with timed(device) as clock:
+                attend()
+            times.append(clock.seconds)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
             baseline = torch.cuda.memory_allocated(device)

@@ -11,31 +11,30 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minivit.devices import autocast, get_device, synchronize
+from minivit.devices import autocast, get_device, timed
 from minivit.runtime import describe
-from minivit.vit import CONFIGS, build_vit
+from minivit.vit import CONFIGS, ViTConfig, build_vit
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def torchvision_vit(config: dict) -> nn.Module:
-    """torchvision's ``VisionTransformer`` with the same architecture as ``minivit.vit.ViT(**config)``."""
+def torchvision_vit(config: ViTConfig | dict) -> nn.Module:
+    """torchvision's ``VisionTransformer`` with the same architecture as ``minivit.vit.ViT(config)``."""
     from torchvision.models import VisionTransformer
 
-    if config.get("pool", "cls") != "cls" or config.get("pos_embed", "learned") != "learned":
+    config = ViTConfig.resolve(config, {})
+    if config.pool != "cls" or config.pos_embed != "learned":
         raise ValueError("torchvision's VisionTransformer has a class token and learned position embeddings only")
     return VisionTransformer(
-        image_size=config["image_size"], patch_size=config["patch_size"], num_layers=config["depth"],
-        num_heads=config["num_heads"], hidden_dim=config["dim"], mlp_dim=config["mlp_dim"],
-        dropout=config.get("dropout", 0.0), attention_dropout=config.get("attn_dropout", 0.0),
-        num_classes=config["num_classes"],
+        image_size=config.image_size, patch_size=config.patch_size, num_layers=config.depth,
+        num_heads=config.num_heads, hidden_dim=config.dim, mlp_dim=config.mlp_dim,
+        dropout=config.dropout, attention_dropout=config.attn_dropout, num_classes=config.num_classes,
     )
 
 
@@ -60,12 +59,10 @@ def make_train_step(
 
 def time_steps(step: Callable[[], None], num_steps: int, device: torch.device) -> float:
     """Seconds for ``num_steps`` training steps."""
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(num_steps):
-        step()
-    synchronize(device)
-    return time.perf_counter() - start
+    with timed(device) as clock:
+        for _ in range(num_steps):
+            step()
+    return clock.seconds
 
 
 def benchmark(
@@ -89,8 +86,8 @@ def benchmark(
     torch.manual_seed(seed)
     config = CONFIGS[config_name]
     models = {"minivit ViT": build_vit(config_name), "torchvision VisionTransformer": torchvision_vit(config)}
-    images = torch.randn(batch_size, 3, config["image_size"], config["image_size"], device=target)
-    labels = torch.randint(0, config["num_classes"], (batch_size,), device=target)
+    images = torch.randn(batch_size, 3, config.image_size, config.image_size, device=target)
+    labels = torch.randint(0, config.num_classes, (batch_size,), device=target)
     train_steps = {}
     for name, model in models.items():
         model.to(target).train()

@@ -6,10 +6,13 @@ Every function here agrees with ``F.conv1d`` / ``F.conv2d`` (see tests/test_conv
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from minivit.configs import Config, positive
 
 
 def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
@@ -90,14 +93,26 @@ def receptive_field(layers: Sequence[tuple[int, int]]) -> list[int]:
     return fields
 
 
+@dataclass(frozen=True)
+class SmallCNNConfig(Config):
+    """The architecture of :class:`SmallCNN`: ``width`` channels in the first stage, doubling twice."""
+
+    num_classes: int = positive(10, "outputs of the classification head", sane_max=100_000)
+    width: int = positive(32, "channels of the first stage (then 2x and 4x)", sane_max=4096)
+    in_channels: int = positive(3, "channels of the input images", sane_max=64)
+
+
 class SmallCNN(nn.Module):
     """A compact CIFAR CNN: three conv stages (conv-BN-ReLU x2, then max-pool) and a linear head.
 
-    ``width=32`` gives about 0.29 M parameters, close to the course's small ViT.
+    ``SmallCNN(config)`` or ``SmallCNN(width=44)``. ``width=32`` gives about 0.29 M parameters,
+    close to the course's small ViT.
     """
 
-    def __init__(self, num_classes: int = 10, width: int = 32, in_channels: int = 3):
+    def __init__(self, config: SmallCNNConfig | None = None, **overrides):
         super().__init__()
+        self.config = config = SmallCNNConfig.resolve(config, overrides)
+        width, in_channels = config.width, config.in_channels
         widths = (width, 2 * width, 4 * width)
 
         def stage(c_in: int, c_out: int) -> nn.Sequential:
@@ -111,7 +126,7 @@ class SmallCNN(nn.Module):
         self.features = nn.Sequential(
             stage(in_channels, widths[0]), stage(widths[0], widths[1]), stage(widths[1], widths[2])
         )
-        self.head = nn.Linear(widths[2], num_classes)
+        self.head = nn.Linear(widths[2], config.num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.dim() != 4 or images.shape[1] != self.in_channels:

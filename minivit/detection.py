@@ -6,11 +6,11 @@
 * :func:`average_precision`, :func:`mean_average_precision`: VOC/COCO-style all-point
   interpolated AP per class at one IoU threshold, averaged over the classes that have objects;
 * :func:`save_tiny_detr` / :func:`load_tiny_detr`: the checkpoint the course ships
-  (``minivit/checkpoints/tiny_detr_shapes.pt``), used offline by chapters 5 and 7.
+  (``minivit/checkpoints/tiny_detr_shapes.pt``), used offline by chapters 5 and 7; minivit's one
+  checkpoint format (:mod:`minivit.train.checkpoint`) with the classes, image size and metrics.
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,24 +19,18 @@ import torch
 from tqdm.auto import tqdm
 
 from minivit.boxes import box_cxcywh_to_xyxy, box_iou, check_boxes
-from minivit.devices import get_device, module_device
-from minivit.detr import DETR, build_tiny_detr, postprocess
-from minivit.matching import HungarianMatcher, SetCriterion
+from minivit.data.augment import to_float
+from minivit.detr import DETR, DETRConfig, postprocess
+from minivit.devices import Stopwatch, get_device, module_device
+from minivit.matching import SetCriterion
+from minivit.models import MODEL_CONFIGS
+from minivit.train.checkpoint import load_checkpoint, save_checkpoint
 
 TINY_DETR_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "tiny_detr_shapes.pt"
 
-# The chapter-6 recipe's model: few queries, a 3-stage CNN (stride 8: 8 x 8 tokens for 64-px
-# images), 2 + 2 transformer layers of width 64, auxiliary outputs on every decoder layer.
-TINY_DETR_CONFIG = {
-    "num_classes": 3,
-    "num_queries": 10,
-    "hidden_dim": 64,
-    "num_heads": 4,
-    "num_encoder_layers": 2,
-    "num_decoder_layers": 2,
-    "dim_feedforward": 128,
-    "backbone_widths": (16, 32, 64),
-}
+# The chapter-6 recipe's model: the registry's entry (a DETRConfig, which also reads like a dict:
+# build_tiny_detr(**TINY_DETR_CONFIG) and TINY_DETR_CONFIG["num_queries"] work).
+TINY_DETR_CONFIG = MODEL_CONFIGS["tiny_detr"]
 
 # ----------------------------------------------------------------------------- mean average precision
 
@@ -134,7 +128,7 @@ def predict(model: DETR, images: torch.Tensor, batch_size: int = 256) -> dict[st
     device = module_device(model)
     logits, boxes = [], []
     for start in range(0, len(images), batch_size):
-        out = model(_as_float(images[start : start + batch_size]).to(device))
+        out = model(to_float(images[start : start + batch_size]).to(device))
         logits.append(out["pred_logits"].cpu())
         boxes.append(out["pred_boxes"].cpu())
     model.train(was_training)
@@ -158,10 +152,6 @@ def evaluate_map(model: DETR, images: torch.Tensor, targets: list[dict], iou_thr
     """mAP@``iou_threshold`` of ``model`` on a labelled set; every query counts, scored by its best class."""
     predictions = detect(model, images, threshold=0.0)
     return mean_average_precision(predictions, targets_to_pixels(targets, tuple(images.shape[-2:])), iou_threshold)
-
-
-def _as_float(images: torch.Tensor) -> torch.Tensor:
-    return images.float() / 255 if images.dtype == torch.uint8 else images
 
 
 # ----------------------------------------------------------------------------- training
@@ -205,14 +195,14 @@ def train_detr(
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[int(lr_drop * steps)], gamma=0.1)
     generator = torch.Generator().manual_seed(seed)
-    history, start = [], time.perf_counter()
+    history, clock = [], Stopwatch.start()
     model.train()
     bar = tqdm(range(steps), desc="training tiny DETR", disable=not progress)
     for step in bar:
         if callback is not None and callback_every and step % callback_every == 0:
             callback(step, model)
         batch = torch.randint(len(images), (batch_size,), generator=generator)
-        batch_images = _as_float(images[batch]).to(device)
+        batch_images = to_float(images[batch]).to(device)
         batch_targets = [{k: v.to(device) for k, v in targets[i].items()} for i in batch.tolist()]
         losses = criterion(model(batch_images), batch_targets)
         optimizer.zero_grad(set_to_none=True)
@@ -222,7 +212,7 @@ def train_detr(
         optimizer.step()
         scheduler.step()
         record = {k: float(losses[k].detach()) for k in ("loss", "loss_ce", "loss_bbox", "loss_giou")}
-        record.update(lr=optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - start)
+        record.update(lr=optimizer.param_groups[0]["lr"], seconds=clock.seconds)
         history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}")
     if callback is not None and callback_every:
@@ -234,13 +224,15 @@ def train_detr(
 # ----------------------------------------------------------------------------- the shipped checkpoint
 
 
-def save_tiny_detr(model: DETR, path, config: dict, classes, image_size: int, metrics: dict | None = None) -> None:
-    """Save a tiny DETR with what is needed to rebuild it: ``config`` = :func:`build_tiny_detr` kwargs."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    torch.save({"config": dict(config), "classes": list(classes), "image_size": int(image_size),
-                "metrics": dict(metrics or {}), "model": state}, path)
+def save_tiny_detr(model: DETR, path, config: DETRConfig | dict | None, classes, image_size: int,
+                   metrics: dict | None = None) -> Path:
+    """Save a tiny DETR in minivit's checkpoint format (:func:`minivit.train.save_checkpoint`), with its
+    ``classes``, ``image_size`` and ``metrics``. ``config``: the model's :class:`DETRConfig` (or
+    :func:`build_tiny_detr` keyword arguments, or None: the model's own)."""
+    if isinstance(config, dict):
+        config = DETRConfig.resolve(TINY_DETR_CONFIG, config)
+    meta = {"classes": list(classes), "image_size": int(image_size), "metrics": dict(metrics or {})}
+    return save_checkpoint(path, model, meta=meta, config=config)
 
 
 def load_tiny_detr(path=None, map_location="cpu") -> tuple[DETR, dict]:
@@ -252,9 +244,7 @@ def load_tiny_detr(path=None, map_location="cpu") -> tuple[DETR, dict]:
             f"no tiny-DETR checkpoint at {path}; run notebooks/06_hungarian_matching.ipynb, "
             f"which trains one and saves it (runs/06_tiny_detr_shapes.pt)"
         )
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    model = build_tiny_detr(**checkpoint["config"])
-    model.load_state_dict(checkpoint["model"])
-    model.eval()
-    info = {k: checkpoint[k] for k in ("config", "classes", "image_size", "metrics")}
-    return model, info
+    model, info = load_checkpoint(path, map_location=map_location)
+    if info["architecture"] != "detr":
+        raise ValueError(f"{path} holds a {info['architecture']} model, not a DETR")
+    return model, {key: info[key] for key in ("config", "classes", "image_size", "metrics")}

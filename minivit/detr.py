@@ -27,6 +27,7 @@ import socket
 import sys
 import warnings
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,6 +37,7 @@ from torch import nn
 
 from minivit.attention import MultiHeadAttention
 from minivit.boxes import box_cxcywh_to_xyxy, denormalize_boxes
+from minivit.configs import FLAG, Choice, Config, ConfigError, Sizes, positive, probability, setting
 
 
 # ----------------------------------------------------------------------------- backbones
@@ -351,6 +353,40 @@ class MLPHead(nn.Module):
         return x
 
 
+BACKBONES = ("resnet50", "small_conv")
+POSITION_EMBEDDINGS = ("sine", "learned")
+
+
+@dataclass(frozen=True)
+class DETRConfig(Config):
+    """Everything that defines a DETR's architecture. The defaults are DETR-R50 of the paper;
+    ``minivit.models.MODEL_CONFIGS["tiny_detr"]`` is chapter 6's CPU-sized one."""
+
+    num_classes: int = positive(91, "object classes (a 'no object' class is added); 91: COCO's ids", 100_000)
+    num_queries: int = positive(100, "object queries: the most objects one image can have", 10_000)
+    hidden_dim: int = positive(256, "width D of the transformer; even", 16_384)
+    num_heads: int = positive(8, "attention heads; must divide hidden_dim", 256)
+    num_encoder_layers: int = positive(6, "transformer encoder layers", 256)
+    num_decoder_layers: int = positive(6, "transformer decoder layers", 256)
+    dim_feedforward: int = positive(2048, "hidden width of each layer's MLP", 65_536)
+    dropout: float = probability(0.1, "dropout in the transformer")
+    aux_loss: bool = setting(True, "also output the boxes of every earlier decoder layer", FLAG)
+    position_embedding: str = setting("sine", "sine (fixed, from the mask) or learned", Choice(POSITION_EMBEDDINGS))
+    backbone: str = setting("resnet50", "resnet50 (stride 32, frozen batch norm) or small_conv (stride 2^stages)",
+                            Choice(BACKBONES))
+    backbone_widths: tuple[int, ...] = setting((), "channels of each small_conv stage (empty for resnet50)",
+                                               Sizes(allow_empty=True), sane_max=4096)
+
+    def check_fields(self) -> None:
+        if self.hidden_dim % 2 or self.hidden_dim % self.num_heads:
+            raise ConfigError("hidden_dim", f"hidden_dim must be even and divisible by num_heads, got "
+                                            f"hidden_dim={self.hidden_dim}, num_heads={self.num_heads}")
+        if (self.backbone == "small_conv") != bool(self.backbone_widths):
+            raise ConfigError("backbone_widths", f"backbone_widths must list the stages of a small_conv backbone "
+                                                 f"and be empty for resnet50, got backbone={self.backbone!r}, "
+                                                 f"backbone_widths={self.backbone_widths}")
+
+
 class DETR(nn.Module):
     """DETR: backbone -> 1x1 projection -> transformer with object queries -> class and box heads.
 
@@ -386,6 +422,7 @@ class DETR(nn.Module):
         if position_embedding not in ("sine", "learned"):
             raise ValueError(f"position_embedding must be 'sine' or 'learned', got {position_embedding!r}")
         self.num_classes, self.num_queries, self.aux_loss = num_classes, num_queries, aux_loss
+        self.config: DETRConfig | None = None  # set by from_config: a DETR built from parts has none
         self.backbone = backbone
         self.input_proj = nn.Conv2d(backbone.num_channels, hidden_dim, kernel_size=1)
         if position_embedding == "sine":
@@ -396,6 +433,19 @@ class DETR(nn.Module):
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.bbox_embed = MLPHead(hidden_dim, hidden_dim, 4, 3)
+
+    @classmethod
+    def from_config(cls, config: DETRConfig, pretrained_backbone: bool = False) -> "DETR":
+        """The DETR of a :class:`DETRConfig`, its backbone included; ``model.config`` is the config."""
+        if config.backbone == "resnet50":
+            backbone = Backbone(pretrained=pretrained_backbone)
+        else:
+            backbone = SmallConvBackbone(config.backbone_widths)
+        model = cls(backbone, config.num_classes, config.num_queries, config.hidden_dim, config.num_heads,
+                    config.num_encoder_layers, config.num_decoder_layers, config.dim_feedforward, config.dropout,
+                    config.aux_loss, config.position_embedding)
+        model.config = config
+        return model
 
     def _check_inputs(self, images, mask):
         if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
@@ -439,29 +489,22 @@ class DETR(nn.Module):
         return self._forward(images, mask, need_weights=True)
 
 
-def build_detr_r50(num_classes: int = 91, pretrained_backbone: bool = False, **kwargs) -> DETR:
-    """DETR-R50 as in the paper (41 M parameters); ``num_classes=91`` is COCO's label space."""
-    return DETR(Backbone(pretrained=pretrained_backbone), num_classes, **kwargs)
+def build_detr_r50(num_classes: int = 91, pretrained_backbone: bool = False, **overrides) -> DETR:
+    """DETR-R50 as in the paper (41 M parameters); ``num_classes=91`` is COCO's label space.
+    ``overrides``: other fields of :class:`DETRConfig`."""
+    from minivit.models import MODEL_CONFIGS
+
+    config = MODEL_CONFIGS["detr_r50"].replace(num_classes=num_classes, **overrides)
+    return DETR.from_config(config, pretrained_backbone)
 
 
-def build_tiny_detr(
-    num_classes: int,
-    num_queries: int = 16,
-    hidden_dim: int = 128,
-    num_heads: int = 4,
-    num_encoder_layers: int = 2,
-    num_decoder_layers: int = 2,
-    dim_feedforward: int = 256,
-    dropout: float = 0.0,
-    backbone_widths: tuple[int, ...] = (32, 64, 128, 128),
-    aux_loss: bool = True,
-) -> DETR:
-    """A DETR small enough to train on a CPU: :class:`SmallConvBackbone` (stride 16) and a
-    2+2-layer transformer; for the chapter 6 synthetic shapes (e.g. 128x128 images)."""
-    return DETR(
-        SmallConvBackbone(backbone_widths), num_classes, num_queries, hidden_dim, num_heads,
-        num_encoder_layers, num_decoder_layers, dim_feedforward, dropout, aux_loss,
-    )
+def build_tiny_detr(config: DETRConfig | None = None, **overrides) -> DETR:
+    """Chapter 6's DETR, small enough to train on a CPU: ``MODEL_CONFIGS["tiny_detr"]`` (a 3-stage
+    :class:`SmallConvBackbone`, stride 8, and a 2+2-layer transformer of width 64), or ``config``,
+    with any field overridden, e.g. ``build_tiny_detr(num_classes=5)``."""
+    from minivit.models import MODEL_CONFIGS
+
+    return DETR.from_config(DETRConfig.resolve(config or MODEL_CONFIGS["tiny_detr"], overrides))
 
 
 def pad_images(images: list[torch.Tensor], size_divisibility: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,11 +12,14 @@ and an H100:
   ``torch.cuda.is_bf16_supported()`` answers True on a T4 unless asked with
   ``including_emulation=False``: emulated bf16 is slow, and ``torch.compile`` of bf16 fails on sm_75.
 * :func:`autocast` is the one autocast context of the package (a no-op for fp32).
+* :func:`timed` is its one timer: it waits for the device's queued work, so GPU time is counted.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -213,3 +216,43 @@ def synchronize(device: str | torch.device) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+# --------------------------------------------------------------------------- timing
+class Stopwatch:
+    """Seconds since :meth:`start`: ``seconds`` reads the running time, or the total once stopped."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.stopped: float | None = None
+
+    @classmethod
+    def start(cls) -> "Stopwatch":
+        return cls()
+
+    def stop(self) -> float:
+        self.stopped = time.perf_counter()
+        return self.seconds
+
+    @property
+    def seconds(self) -> float:
+        end = self.stopped if self.stopped is not None else time.perf_counter()
+        return end - self.started
+
+
+@contextlib.contextmanager
+def timed(device: str | torch.device | None = None) -> Iterator[Stopwatch]:
+    """Time a block: ``with timed(device) as clock: ...``, then ``clock.seconds``.
+
+    With a ``device``, its queued work is waited for before the clock starts and before it stops
+    (GPUs run asynchronously: without this, a GPU block would seem to take no time).
+    """
+    if device is not None:
+        synchronize(device)
+    clock = Stopwatch()
+    try:
+        yield clock
+    finally:
+        if device is not None:
+            synchronize(device)
+        clock.stop()

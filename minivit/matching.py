@@ -16,7 +16,6 @@ Run ``python -m minivit.matching --bench`` for the speed figures.
 from __future__ import annotations
 
 import itertools
-import time
 
 import numpy as np
 import torch
@@ -25,6 +24,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from minivit.boxes import box_cxcywh_to_xyxy, generalized_box_iou
+from minivit.devices import timed
 
 # ----------------------------------------------------------------------------- the assignment problem
 
@@ -318,9 +318,9 @@ def _time(fn, repeat: int) -> float:
     """Median seconds of ``fn()`` over ``repeat`` runs."""
     times = []
     for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
+        with timed() as clock:
+            fn()
+        times.append(clock.seconds)
     return float(np.median(times))
 
 

@@ -8,11 +8,14 @@ backward and optimizer steps, computing shapes only. Reading a value back (``.it
 ``.cpu()``) gives ones (never a division by zero; booleans read back so that input checks pass:
 ``.all()`` is True, anything else False, e.g. ``(boxes < 0).any()``), so whole training and evaluation loops run in seconds. A helper that
 forgets to move a model or a batch fails under it exactly as it would on a GPU.
+
+:func:`assert_state_dicts_equal` compares two models (or state dicts) key by key and names
+the first differences.
 """
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -65,3 +68,25 @@ def assert_on_device(module: torch.nn.Module, device: torch.device = FAKE_DEVICE
              if tensor.device.type != device.type]
     if wrong:
         raise AssertionError(f"{len(wrong)} tensors of {type(module).__name__} are not on {device}: {wrong[:5]}")
+
+
+def assert_state_dicts_equal(expected: torch.nn.Module | Mapping[str, torch.Tensor],
+                             actual: torch.nn.Module | Mapping[str, torch.Tensor],
+                             rtol: float = 0.0, atol: float = 0.0) -> None:
+    """The same keys, shapes and dtypes, and the same values: exactly by default, else within
+    ``rtol``/``atol`` (as ``torch.testing.assert_close``). Modules are compared by their state dicts."""
+    expected = expected.state_dict() if isinstance(expected, torch.nn.Module) else expected
+    actual = actual.state_dict() if isinstance(actual, torch.nn.Module) else actual
+    problems = [f"missing {key}" for key in expected if key not in actual]
+    problems += [f"unexpected {key}" for key in actual if key not in expected]
+    for key in expected.keys() & actual.keys():
+        a, b = expected[key], actual[key]
+        if a.shape != b.shape or a.dtype != b.dtype:
+            problems.append(f"{key}: {a.dtype} {tuple(a.shape)} vs {b.dtype} {tuple(b.shape)}")
+        elif rtol == atol == 0 and not torch.equal(a.cpu(), b.cpu()):
+            problems.append(f"{key}: values differ (largest difference {(a.cpu() - b.cpu()).abs().max().item():.3g})"
+                            if a.is_floating_point() else f"{key}: values differ")
+        elif not (rtol == atol == 0) and not torch.allclose(a.cpu(), b.cpu(), rtol=rtol, atol=atol):
+            problems.append(f"{key}: values differ beyond rtol={rtol}, atol={atol}")
+    if problems:
+        raise AssertionError(f"state dicts differ in {len(problems)} entries: {sorted(problems)[:8]}")

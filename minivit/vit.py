@@ -16,10 +16,12 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from minivit.configs import FLAG, Choice, Config, ConfigError, Range, positive, probability, setting
 from minivit.transformer import Encoder, sinusoidal_position_encoding
 
 POOLS = ("cls", "mean")
@@ -87,58 +89,70 @@ def sincos_2d_position_embedding(grid_h: int, grid_w: int, dim: int, base: float
     return grid.reshape(grid_h * grid_w, dim)
 
 
-class ViT(nn.Module):
-    """Vision Transformer: patch embedding, class token, position embeddings, pre-norm encoder, head."""
+@dataclass(frozen=True)
+class ViTConfig(Config):
+    """Everything that defines a ViT's architecture (the weights aside); see ``minivit.models.MODEL_CONFIGS``."""
 
-    def __init__(
-        self,
-        image_size: int = 32,
-        patch_size: int = 4,
-        in_channels: int = 3,
-        num_classes: int = 10,
-        dim: int = 192,
-        depth: int = 6,
-        num_heads: int = 3,
-        mlp_dim: int = 384,
-        dropout: float = 0.0,
-        attn_dropout: float = 0.0,
-        pool: str = "cls",
-        pos_embed: str = "learned",
-        norm_eps: float = 1e-6,
-        dynamic_size: bool = False,
-    ):
+    image_size: int = positive(32, "side of the (square) input images, pixels", sane_max=4096)
+    patch_size: int = positive(4, "side of a patch, pixels; image_size must be a multiple", sane_max=1024)
+    in_channels: int = positive(3, "channels of the input images", sane_max=64)
+    num_classes: int = positive(10, "outputs of the classification head", sane_max=100_000)
+    dim: int = positive(192, "width D of every token", sane_max=16_384)
+    depth: int = positive(6, "transformer blocks", sane_max=256)
+    num_heads: int = positive(3, "attention heads per block; must divide dim", sane_max=256)
+    mlp_dim: int = positive(384, "hidden width of each block's MLP", sane_max=65_536)
+    dropout: float = probability(0.0, "dropout after the embeddings and in the MLPs")
+    attn_dropout: float = probability(0.0, "dropout on the attention weights")
+    pool: str = setting("cls", "logits from the class token (cls) or the mean of all tokens", Choice(POOLS))
+    pos_embed: str = setting("learned", "position embeddings: learned, fixed 2D sin-cos, or none",
+                             Choice(POS_EMBEDS))
+    norm_eps: float = setting(1e-6, "LayerNorm epsilon", Range(0, 1, low_open=True))
+    dynamic_size: bool = setting(False, "accept other image sizes (multiples of patch_size), resampling "
+                                        "the position embeddings", FLAG)
+
+    def check_fields(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ConfigError("patch_size", f"image_size={self.image_size} is not divisible by "
+                                            f"patch_size={self.patch_size}")
+        if self.dim % self.num_heads:
+            raise ConfigError("num_heads", f"dim={self.dim} is not divisible by num_heads={self.num_heads}; "
+                                           f"each head gets dim / num_heads channels")
+        if self.pos_embed == "sincos2d" and self.dim % 4:
+            raise ConfigError("dim", f"dim must be divisible by 4 for 2D sin-cos embeddings, got {self.dim}")
+
+
+class ViT(nn.Module):
+    """Vision Transformer: patch embedding, class token, position embeddings, pre-norm encoder, head.
+
+    ``ViT(config)`` with a :class:`ViTConfig`, or ``ViT(dim=128, depth=4, ...)`` (the fields of
+    ``ViTConfig``, the others at their defaults). ``model.config`` is the ``ViTConfig``.
+    """
+
+    def __init__(self, config: ViTConfig | None = None, **overrides):
         super().__init__()
-        if pool not in POOLS:
-            raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
-        if pos_embed not in POS_EMBEDS:
-            raise ValueError(f"pos_embed must be one of {POS_EMBEDS}, got {pos_embed!r}")
-        if image_size % patch_size:
-            raise ValueError(f"image_size={image_size} is not divisible by patch_size={patch_size}")
-        self.config = dict(
-            image_size=image_size, patch_size=patch_size, in_channels=in_channels, num_classes=num_classes,
-            dim=dim, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim, dropout=dropout,
-            attn_dropout=attn_dropout, pool=pool, pos_embed=pos_embed, norm_eps=norm_eps, dynamic_size=dynamic_size,
-        )
-        self.dynamic_size = dynamic_size  # accept other image sizes (multiples of P), resampling positions
+        self.config = config = ViTConfig.resolve(config, overrides)
+        image_size, patch_size, pool, dim = config.image_size, config.patch_size, config.pool, config.dim
+        self.dynamic_size = config.dynamic_size  # accept other image sizes (multiples of P), resampling positions
         self.image_size, self.patch_size, self.pool = image_size, patch_size, pool
         self.grid_size = image_size // patch_size
         self.num_patches = self.grid_size**2
         self.num_tokens = self.num_patches + (1 if pool == "cls" else 0)  # T
 
-        self.patch_embed = PatchEmbedding(patch_size, in_channels, dim)
+        self.patch_embed = PatchEmbedding(patch_size, config.in_channels, dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if pool == "cls" else None
-        if pos_embed == "learned":
+        if config.pos_embed == "learned":
             self.pos_embed = nn.Parameter(torch.empty(1, self.num_tokens, dim))
-        elif pos_embed == "sincos2d":  # fixed, rebuilt from the config: not saved in checkpoints
+        elif config.pos_embed == "sincos2d":  # fixed, rebuilt from the config: not saved in checkpoints
             table = sincos_2d_position_embedding(self.grid_size, self.grid_size, dim)  # (N, D)
             if pool == "cls":
                 table = torch.cat([torch.zeros(1, dim), table])  # the class token gets no position
             self.register_buffer("pos_embed", table[None], persistent=False)  # (1, T, D)
         else:
             self.pos_embed = None
-        self.dropout = nn.Dropout(dropout)
-        self.encoder = Encoder(dim, depth, num_heads, mlp_dim, dropout, attn_dropout, norm_eps)
-        self.head = nn.Linear(dim, num_classes)
+        self.dropout = nn.Dropout(config.dropout)
+        self.encoder = Encoder(dim, config.depth, config.num_heads, config.mlp_dim, config.dropout, config.attn_dropout,
+                               config.norm_eps)
+        self.head = nn.Linear(dim, config.num_classes)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -211,24 +225,25 @@ class ViT(nn.Module):
         return self.pool_and_classify(tokens), attn_weights
 
 
-# Named configurations. The CIFAR entries are the chapter-4 recipe's models.
-CONFIGS: dict[str, dict] = {
-    "vit_b_16": dict(image_size=224, patch_size=16, num_classes=1000, dim=768, depth=12, num_heads=12, mlp_dim=3072),
-    "vit_b_32": dict(image_size=224, patch_size=32, num_classes=1000, dim=768, depth=12, num_heads=12, mlp_dim=3072),
-    "vit_l_16": dict(image_size=224, patch_size=16, num_classes=1000, dim=1024, depth=24, num_heads=16, mlp_dim=4096),
-    # chapter 4's cpu recipe (0.55 M parameters; ~450 img/s training on a 2-core CPU) and gpu recipe (3.7 M)
-    "vit_cifar_small": dict(image_size=32, patch_size=4, num_classes=10, dim=128, depth=4, num_heads=4, mlp_dim=256,
-                            dynamic_size=True),
-    "vit_cifar_lite": dict(image_size=32, patch_size=4, num_classes=10, dim=256, depth=7, num_heads=4, mlp_dim=512,
-                           dynamic_size=True),
-}
-
-
 def build_vit(name: str, **overrides) -> ViT:
-    """A ViT of a named configuration (see ``CONFIGS``), with any constructor argument overridden."""
-    if name not in CONFIGS:
-        raise ValueError(f"unknown ViT configuration {name!r}; choose one of {', '.join(CONFIGS)}")
-    return ViT(**{**CONFIGS[name], **overrides})
+    """A ViT of a named configuration of ``minivit.models.MODEL_CONFIGS``, with any field overridden."""
+    from minivit.models import MODEL_CONFIGS, build_model
+
+    if not isinstance(MODEL_CONFIGS.get(name), ViTConfig):
+        raise ValueError(f"unknown ViT configuration {name!r}; choose one of {', '.join(_vit_configs())}")
+    return build_model(name, **overrides)
+
+
+def _vit_configs() -> dict[str, ViTConfig]:
+    from minivit.models import MODEL_CONFIGS
+
+    return {name: config for name, config in MODEL_CONFIGS.items() if isinstance(config, ViTConfig)}
+
+
+def __getattr__(name: str):
+    if name == "CONFIGS":  # the ViT entries of minivit.models.MODEL_CONFIGS (a view: the registry imports this module)
+        return _vit_configs()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # torchvision key (with {i} for the layer) -> minivit key
@@ -296,7 +311,7 @@ def load_torchvision_weights(model: ViT, state_dict: Mapping[str, torch.Tensor])
         raise ValueError(
             "torchvision's VisionTransformer uses a class token and learned position embeddings; "
             f"build the ViT with pool='cls', pos_embed='learned' (got pool={model.pool!r}, "
-            f"pos_embed={model.config['pos_embed']!r})"
+            f"pos_embed={model.config.pos_embed!r})"
         )
     if hasattr(state_dict, "state_dict") and callable(state_dict.state_dict):
         raise ValueError("pass a state dict (tv_model.state_dict()) or use vit_from_torchvision(tv_model)")
@@ -328,7 +343,8 @@ def load_torchvision_weights(model: ViT, state_dict: Mapping[str, torch.Tensor])
             problems.append(f"{len(missing)} missing key(s) (minivit names): {listing(missing)}")
         if unexpected:
             problems.append(f"{len(unexpected)} unexpected key(s) (torchvision names): {listing(unexpected)}")
-        summary = ", ".join(f"{key}={model.config[key]}" for key in ("image_size", "patch_size", "dim", "depth", "num_classes"))
+        summary = ", ".join(f"{key}={getattr(model.config, key)}"
+                            for key in ("image_size", "patch_size", "dim", "depth", "num_classes"))
         raise ValueError(
             "state dict does not fit this ViT: " + "; ".join(problems)
             + f". The ViT has {summary}; is the state dict a torchvision VisionTransformer of that configuration? "

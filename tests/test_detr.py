@@ -344,10 +344,10 @@ def test_detr_outputs_aux_and_attention():
     assert len(outputs["aux_outputs"]) == 2
     assert outputs["aux_outputs"][0]["pred_boxes"].shape == (2, 10, 4)
     torch.testing.assert_close(outputs_again["pred_logits"], outputs["pred_logits"], atol=1e-5, rtol=1e-5)
-    assert attention["feature_size"] == (4, 6)
-    assert attention["encoder"].shape == (2, 2, 4, 24, 24)
+    assert attention["feature_size"] == (8, 12)  # the tiny DETR's backbone has stride 8
+    assert attention["encoder"].shape == (2, 2, 4, 96, 96)
     assert attention["decoder_self"].shape == (3, 2, 4, 10, 10)
-    assert attention["decoder_cross"].shape == (3, 2, 4, 10, 24)
+    assert attention["decoder_cross"].shape == (3, 2, 4, 10, 96)
     torch.testing.assert_close(attention["decoder_cross"].sum(-1), torch.ones(3, 2, 4, 10))
     # every decoder layer's output goes through the shared final norm, then the heads
     normed = []
@@ -364,7 +364,7 @@ def test_detr_outputs_aux_and_attention():
 def test_padded_image_gets_the_same_predictions_as_alone():
     torch.manual_seed(0)
     model = build_tiny_detr(num_classes=3).eval()
-    small, large = torch.rand(3, 64, 80), torch.rand(3, 96, 128)  # sizes: multiples of the stride 16
+    small, large = torch.rand(3, 64, 80), torch.rand(3, 96, 128)  # sizes: multiples of the stride 8
     batch, mask = pad_images([small, large])
     assert batch.shape == (2, 3, 96, 128) and mask[0, 64:].all() and mask[0, :, 80:].all() and not mask[1].any()
     with torch.no_grad():
@@ -414,7 +414,7 @@ def test_bad_inputs_raise_clear_errors(detr_r50):
     with pytest.raises(ValueError, match="all padding"):
         tiny(torch.rand(1, 3, 64, 64), torch.ones(1, 64, 64, dtype=torch.bool))
     with pytest.raises(ValueError, match="smaller than the backbone's stride"):
-        tiny(torch.rand(1, 3, 8, 64))
+        tiny(torch.rand(1, 3, 4, 64))  # stride 8
     with pytest.raises(ValueError, match="at least one image"):
         pad_images([])
     with pytest.raises(ValueError, match="channels"):

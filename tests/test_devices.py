@@ -21,7 +21,7 @@ from minivit.data import ImageSet, make_shapes
 from minivit.detection import detect, evaluate_map, train_detr
 from minivit.detr import build_tiny_detr
 from minivit.testing import FAKE_DEVICE, assert_on_device, fake_accelerator
-from minivit.train import evaluate, fit, plan_epochs, predict, resolve_amp
+from minivit.train import TrainConfig, evaluate, fit, plan_epochs, predict, resolve_amp
 from minivit.vit import build_vit
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
@@ -161,8 +161,9 @@ def test_fit_evaluate_predict_on_the_device(model_name, capsys):
     data = _tiny_image_set()
     with fake_accelerator() as device:
         model = SmallCNN() if model_name == "small_cnn" else build_vit("vit_cifar_small", dynamic_size=True)
-        history = fit(model, data, data, epochs=1, batch_size=20, ema_decay=0.9, tta_flip=True, tta_shift=1,
-                      progressive=[[16, 0.5], [32, 0.5]] if model_name != "small_cnn" else None, progress=True)
+        config = TrainConfig(epochs=1, batch_size=20, ema_decay=0.9, tta_flip=True, tta_shift=1,
+                             progressive=[[16, 0.5], [32, 0.5]] if model_name != "small_cnn" else None)
+        history = fit(model, data, data, config, progress=True)
         assert_on_device(model, device)
         assert history.epochs == 1
         assert predict(model, data.images, *torch.ones(2, 3), tta_flip=True).device == device
@@ -173,8 +174,8 @@ def test_fit_evaluate_predict_on_the_device(model_name, capsys):
 def test_plan_epochs_on_the_device():
     data = _tiny_image_set()
     with fake_accelerator():
-        epochs, _ = plan_epochs(build_vit("vit_cifar_small"), data, data, budget_seconds=60, batch_size=20,
-                                augment=None, steps=1)
+        epochs, _ = plan_epochs(build_vit("vit_cifar_small"), data, data, budget_seconds=60,
+                                config=TrainConfig(batch_size=20), steps=1)
     assert epochs >= 1
 
 

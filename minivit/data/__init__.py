@@ -1,6 +1,6 @@
 """Data of the course: CIFAR-10 as uint8 tensors (``cifar10``), its batched augmentation
 (``augment``, chapter 4) and a synthetic detection set (``shapes``, chapter 6)."""
-from minivit.data.augment import Augment, channel_stats, iterate_batches, normalize
+from minivit.data.augment import Augment, channel_stats, iterate_batches, normalize, to_float
 from minivit.data.cifar10 import CIFAR10_CLASSES, ImageSet, load_cifar10, load_image_folder
 from minivit.data.shapes import SHAPE_CLASSES, ShapesSet, collate_detection, make_shapes
 
@@ -17,4 +17,5 @@ __all__ = [
     "load_image_folder",
     "make_shapes",
     "normalize",
+    "to_float",
 ]

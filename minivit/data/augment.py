@@ -34,6 +34,16 @@ def _check_images(images: torch.Tensor, name: str = "images") -> None:
                          f"augment first, then call normalize()")
 
 
+def to_float(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 images (0..255) -> ``dtype`` in 0..1, same shape; floating-point images are taken as 0..1
+    already and only cast to ``dtype``."""
+    if images.dtype == torch.uint8:
+        return images.to(dtype) / 255
+    if images.is_floating_point():
+        return images.to(dtype)
+    raise ValueError(f"images must be uint8 (0..255) or floating point (0..1), got {images.dtype}")
+
+
 def channel_stats(images: torch.Tensor, chunk: int = 10_000) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and std of uint8 images ``(N, C, H, W)``, on the 0..1 scale.
 
@@ -43,7 +53,7 @@ def channel_stats(images: torch.Tensor, chunk: int = 10_000) -> tuple[torch.Tens
     total = torch.zeros(images.shape[1], dtype=torch.float64, device=images.device)
     total_sq = torch.zeros_like(total)
     for start in range(0, len(images), chunk):
-        block = images[start:start + chunk].to(torch.float64) / 255.0  # (b, C, H, W)
+        block = to_float(images[start:start + chunk], torch.float64)  # (b, C, H, W) in 0..1
         total += block.sum(dim=(0, 2, 3))
         total_sq += (block ** 2).sum(dim=(0, 2, 3))
     count = images.shape[0] * images.shape[2] * images.shape[3]
@@ -60,7 +70,7 @@ def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
         raise ValueError(f"mean/std have {mean.numel()}/{std.numel()} entries but images have {images.shape[1]} channels")
     mean = mean.to(images.device, dtype).view(1, -1, 1, 1)
     std = std.to(images.device, dtype).view(1, -1, 1, 1)
-    return (images.to(dtype) / 255.0 - mean) / std
+    return (to_float(images, dtype) - mean) / std
 
 
 def random_crop(images: torch.Tensor, padding: int, offsets: torch.Tensor | None = None,

@@ -1,0 +1,214 @@
+"""One checkpoint format for every minivit model (ViT, SmallCNN, the DETRs), one save and one load.
+
+A checkpoint is a dict of plain values and tensors (``torch.load(..., weights_only=True)`` reads it)::
+
+    format        "minivit/2"
+    architecture  "vit", "small_cnn", "detr" (minivit.models.ARCHITECTURES), or None for another module
+    config        the architecture's config as a dict (config.to_dict()), or None
+    model         the weights to use: the state dict (the moving average when the run kept one)
+    meta          what is known about them: epoch, history, train_config, classes, normalization,
+                  data, command, test_acc, hardware, metrics, ...
+    training      None, or what resuming needs: optimizer, scheduler, scaler, rng, ema_n_averaged,
+                  and "model", the optimizer's own weights when ``model`` holds their average
+
+Loading checks a file before it builds anything: a known architecture, a config whose every
+field is valid and within sane sizes, a model that fits into ``MAX_MODEL_BYTES``, and weights
+whose names and shapes are those of the config (compared on PyTorch's ``meta`` device, which
+allocates no memory). A small file cannot make minivit allocate a huge model. Files of the
+older formats load with a ``DeprecationWarning`` (:mod:`minivit.train.legacy`).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from minivit.configs import Config
+from minivit.models import ARCHITECTURES, architecture_of, build_from_config, config_from_dict, describe_model
+from minivit.train.distributed import unwrap
+from minivit.train.history import History
+from minivit.train.legacy import upgrade_legacy_checkpoint
+
+FORMAT = "minivit/2"
+MAX_MODEL_BYTES = 8 * 2**30  # ViT-L/16 is 1.2 GB, DETR-R50 0.17 GB
+SHIPPED_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "vit_cifar_small.pt"
+TRAINING_STATE_KEYS = ("model", "optimizer", "scheduler", "scaler", "rng", "ema_n_averaged")
+
+
+# --------------------------------------------------------------------------- writing
+def save_checkpoint(path: str | Path, model: nn.Module, *, weights: Mapping[str, torch.Tensor] | None = None,
+                    meta: dict | None = None, training: dict | None = None, config: Config | None = None) -> Path:
+    """Write ``model``'s weights (or ``weights`` for it) with its architecture and config, ``meta``
+    and the optional ``training`` state. Atomic: a killed run leaves the previous file intact.
+
+    ``config`` is for a model built without one (it must agree with the model's own, if any).
+    Weights holding NaN are refused: a diverged run keeps its last good checkpoint.
+    """
+    architecture, own_config = describe_model(model)
+    if config is not None:
+        if own_config is not None and own_config != config:
+            raise ValueError(f"the config {config} differs from the model's own {own_config}")
+        architecture, own_config = architecture_of(config), config
+    weights = dict(weights if weights is not None else unwrap(model).state_dict())
+    _refuse_nan(weights, path)
+    if training is not None and training.get("model") is not None:
+        _refuse_nan(training["model"], path)
+    checkpoint = {"format": FORMAT, "architecture": architecture,
+                  "config": own_config.to_dict() if own_config is not None else None,
+                  "model": weights, "meta": dict(meta or {}), "training": training}
+    return _atomic_save(checkpoint, Path(path))
+
+
+def export_checkpoint(source: str | Path, target: str | Path, **meta) -> Path:
+    """A small inference copy of a checkpoint: its weights, config and meta (with ``meta`` added), no training state."""
+    checkpoint = read_checkpoint(source)
+    return _atomic_save({**checkpoint, "meta": {**checkpoint["meta"], **meta}, "training": None}, Path(target))
+
+
+def upgrade_checkpoint(source: str | Path, target: str | Path) -> Path:
+    """Rewrite a checkpoint of an older format in the current one, every recorded value kept."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        checkpoint = read_checkpoint(source)
+    if checkpoint["architecture"] is not None and checkpoint["config"] is not None:  # every field, in order
+        checkpoint["config"] = config_from_dict(checkpoint["architecture"], checkpoint["config"]).to_dict()
+    return _atomic_save(checkpoint, Path(target))
+
+
+def _atomic_save(checkpoint: dict, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _refuse_nan(weights: Mapping[str, torch.Tensor], path) -> None:
+    floating = [(name, t) for name, t in weights.items() if t.is_floating_point()]
+    if not floating or not bool(torch.stack([torch.isnan(t).any() for _, t in floating]).any()):
+        return
+    bad = [name for name, t in floating if bool(torch.isnan(t).any())]
+    raise ValueError(f"refusing to write {path}: {len(bad)} weight tensors hold NaN ({', '.join(bad[:4])}); "
+                     f"the previous checkpoint there is kept")
+
+
+# --------------------------------------------------------------------------- reading
+def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """The checkpoint at ``path`` as a dict of the current format (older formats upgraded, with a
+    ``DeprecationWarning``), its layout checked; the weights are not yet compared with the config."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch.load fails in many ways on other files: UnpicklingError, KeyError, ...
+        raise ValueError(f"{path} is not a checkpoint torch can read safely "
+                         f"({type(error).__name__}: {error})") from None
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{path} is not a minivit checkpoint: it holds a {type(checkpoint).__name__}, not a dict")
+    if checkpoint.get("format") != FORMAT:
+        checkpoint = {**upgrade_legacy_checkpoint(checkpoint, path), "format": FORMAT}
+    _check_layout(checkpoint, path)
+    return checkpoint
+
+
+def _check_layout(checkpoint: dict, path) -> None:
+    kinds = {"architecture": (str, type(None)), "config": (dict, type(None)), "model": dict, "meta": dict,
+             "training": (dict, type(None))}
+    wrong = [key for key, kind in kinds.items() if not isinstance(checkpoint.get(key), kind)]
+    if not wrong and checkpoint["architecture"] is not None and checkpoint["architecture"] not in ARCHITECTURES:
+        wrong.append(f"architecture {checkpoint['architecture']!r} (minivit knows {', '.join(ARCHITECTURES)})")
+    if not wrong and not all(isinstance(t, torch.Tensor) for t in checkpoint["model"].values()):
+        wrong.append("model (not all tensors)")
+    if wrong:
+        raise ValueError(f"{path} is not a valid {FORMAT} checkpoint: bad or missing {', '.join(wrong)}")
+
+
+def checked_config(checkpoint: dict, path) -> Config:
+    """The stored config, once it is valid, sane, of a model under ``MAX_MODEL_BYTES``, and its weights
+    fit it; nothing is allocated (the model is sized on the ``meta`` device)."""
+    architecture = checkpoint["architecture"]
+    if architecture is None or checkpoint["config"] is None:
+        raise ValueError(f"checkpoint {path} stores no model config (a module minivit cannot rebuild); "
+                         f"pass the model: load_checkpoint(path, model)")
+    try:
+        config = config_from_dict(architecture, checkpoint["config"])
+        config.check_sane()
+    except ValueError as error:
+        raise ValueError(f"checkpoint {path} stores an invalid {architecture} config: {error}") from None
+    with torch.device("meta"):
+        skeleton = build_from_config(config)  # shapes only
+    size = sum(t.numel() * t.element_size() for t in [*skeleton.parameters(), *skeleton.buffers()])
+    if size > MAX_MODEL_BYTES:
+        raise ValueError(f"checkpoint {path} asks for a {architecture} model of {size / 1e9:.1f} GB, more than "
+                         f"minivit loads ({MAX_MODEL_BYTES / 1e9:.1f} GB); its config: {checkpoint['config']}")
+    problems = state_dict_mismatches(skeleton.state_dict(), checkpoint["model"])
+    if problems:
+        raise ValueError(f"checkpoint {path}: its weights do not fit its own {architecture} config: {problems[:8]}")
+    return config
+
+
+def state_dict_mismatches(expected: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor]) -> list[str]:
+    """Missing and unexpected keys, and shape differences (``key (stored) vs (expected)``)."""
+    problems = [f"missing {key}" for key in expected if key not in weights]
+    problems += [f"unexpected {key}" for key in weights if key not in expected]
+    problems += [f"{key} {tuple(weights[key].shape)} vs {tuple(expected[key].shape)}"
+                 for key in expected if key in weights and weights[key].shape != expected[key].shape]
+    return problems
+
+
+def check_fits(checkpoint: dict, model: nn.Module, path) -> None:
+    """The checkpoint holds weights for ``model``: the same architecture and config, if both have one,
+    and the same weight names and shapes."""
+    architecture, config = describe_model(model)
+    stored = checkpoint["architecture"], checkpoint["config"]
+    if architecture is not None and stored[0] is not None and stored != (architecture, config.to_dict()):
+        raise ValueError(f"checkpoint {path} holds a {stored[0]} with config {stored[1]}, but the model is a "
+                         f"{architecture} with config {config.to_dict()}; build the model from the checkpoint "
+                         f"(minivit.train.load_checkpoint(path)) or use another checkpoint folder")
+    problems = state_dict_mismatches(unwrap(model).state_dict(), checkpoint["model"])
+    if problems:
+        raise ValueError(f"checkpoint {path} does not fit the model: {problems[:8]}")
+
+
+def load_checkpoint(path: str | Path, model: nn.Module | None = None, map_location="cpu") -> tuple[nn.Module, dict]:
+    """A model and its weights from a checkpoint: ``(model, info)``, the model in eval mode.
+
+    Without ``model`` it is built from the stored architecture and config, once they are checked
+    (see the module's docstring). The weights are the evaluated ones (the EMA when the run kept one).
+    ``info`` holds ``meta`` (epoch, classes, command, test_acc, metrics, ...), ``architecture`` and
+    ``config`` (the config dataclass), ``history`` as a :class:`History`, and the normalization
+    ``mean``/``std`` as tensors when recorded. A checkpoint of another architecture raises ``ValueError``.
+    """
+    checkpoint = read_checkpoint(path, map_location)
+    if model is None:
+        model = build_from_config(checked_config(checkpoint, path))
+    else:
+        check_fits(checkpoint, model, path)
+    unwrap(model).load_state_dict(checkpoint["model"])
+    return model.eval(), checkpoint_info(checkpoint)
+
+
+def checkpoint_info(checkpoint: dict) -> dict:
+    """``meta`` with the format, architecture, config (a dataclass), History and normalization tensors."""
+    info = {**checkpoint["meta"], "format": checkpoint["format"], "architecture": checkpoint["architecture"]}
+    info["config"] = (config_from_dict(checkpoint["architecture"], checkpoint["config"])
+                      if checkpoint["architecture"] is not None and checkpoint["config"] is not None else None)
+    if "history" in info:
+        info["history"] = History.from_dict(info["history"])
+    if "normalization" in info:
+        info["mean"] = torch.tensor(info["normalization"]["mean"])
+        info["std"] = torch.tensor(info["normalization"]["std"])
+    return info
+
+
+def load_pretrained_cifar_vit(map_location="cpu") -> tuple[nn.Module, dict]:
+    """The small CIFAR-10 ViT shipped with minivit (trained by chapter 4's ``cpu`` recipe): ``(model, info)``."""
+    if not SHIPPED_CHECKPOINT.is_file():
+        raise FileNotFoundError(f"the shipped checkpoint {SHIPPED_CHECKPOINT.name} is missing from the package; "
+                                f"reinstall minivit or train one with `python -m minivit.train`")
+    return load_checkpoint(SHIPPED_CHECKPOINT, map_location=map_location)
