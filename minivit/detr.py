@@ -39,7 +39,6 @@ from minivit.attention import MultiHeadAttention
 from minivit.boxes import box_cxcywh_to_xyxy, denormalize_boxes
 from minivit.configs import FLAG, Choice, Config, ConfigError, Sizes, positive, probability, setting
 
-
 # ----------------------------------------------------------------------------- backbones
 
 

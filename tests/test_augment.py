@@ -3,7 +3,14 @@ import pytest
 import torch
 
 from minivit.data.augment import (
-    Augment, channel_stats, iterate_batches, normalize, num_batches, random_crop, random_flip, trivial_augment,
+    Augment,
+    channel_stats,
+    iterate_batches,
+    normalize,
+    num_batches,
+    random_crop,
+    random_flip,
+    trivial_augment,
 )
 
 

@@ -14,7 +14,13 @@ from minivit.detr import DETRConfig, build_tiny_detr
 from minivit.runtime import seed_everything
 from minivit.testing import assert_state_dicts_equal
 from minivit.train import (
-    TrainConfig, fit, load_checkpoint, load_pretrained_cifar_vit, read_checkpoint, save_checkpoint, upgrade_checkpoint,
+    TrainConfig,
+    fit,
+    load_checkpoint,
+    load_pretrained_cifar_vit,
+    read_checkpoint,
+    save_checkpoint,
+    upgrade_checkpoint,
 )
 from minivit.train.checkpoint import SHIPPED_CHECKPOINT
 from minivit.train.legacy import TINY_DETR_DEFAULTS_BEFORE_V2

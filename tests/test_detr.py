@@ -8,8 +8,8 @@ import torchvision
 from torch import nn
 
 from minivit.detr import (
-    OFFICIAL_DETR_R50_URL,
     DETR,
+    OFFICIAL_DETR_R50_URL,
     Backbone,
     DETRDecoder,
     DETRDecoderLayer,
@@ -29,7 +29,6 @@ from minivit.detr import (
     postprocess,
     to_official_state_dict,
 )
-
 
 # ----------------------------------------------------------------------------- the official names
 

@@ -12,9 +12,24 @@ from minivit.data.augment import Augment, normalize
 from minivit.runtime import seed_everything
 from minivit.testing import assert_state_dicts_equal
 from minivit.train import (
-    ConfigError, History, TrainConfig, TrainingDiverged, confusion_matrix, export_checkpoint, fit, load_checkpoint,
-    load_pretrained_cifar_vit, misclassified, param_groups, plan_epochs, predict, read_checkpoint, resize_batch,
-    resolve_amp, train_sizes, warmup_cosine,
+    ConfigError,
+    History,
+    TrainConfig,
+    TrainingDiverged,
+    confusion_matrix,
+    export_checkpoint,
+    fit,
+    load_checkpoint,
+    load_pretrained_cifar_vit,
+    misclassified,
+    param_groups,
+    plan_epochs,
+    predict,
+    read_checkpoint,
+    resize_batch,
+    resolve_amp,
+    train_sizes,
+    warmup_cosine,
 )
 from minivit.vit import ViT, ViTConfig
 

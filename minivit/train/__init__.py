@@ -21,7 +21,12 @@ __main__.py    the command line, its flags generated from the config fields
 """
 from minivit.configs import ConfigError
 from minivit.train.checkpoint import (
-    export_checkpoint, load_checkpoint, load_pretrained_cifar_vit, read_checkpoint, save_checkpoint, upgrade_checkpoint,
+    export_checkpoint,
+    load_checkpoint,
+    load_pretrained_cifar_vit,
+    read_checkpoint,
+    save_checkpoint,
+    upgrade_checkpoint,
 )
 from minivit.train.config import DataConfig, TrainConfig
 from minivit.train.evaluate import confusion_matrix, evaluate, misclassified, predict
