@@ -40,7 +40,9 @@ def scaled_dot_product_attention(
             f"query and key must have the same last dimension, got {query.shape[-1]} and {key.shape[-1]}"
         )
     if key.shape[-2] != value.shape[-2]:
-        raise ValueError(f"key and value must have the same number of tokens, got {key.shape[-2]} and {value.shape[-2]}")
+        raise ValueError(
+            f"key and value must have the same number of tokens, got {key.shape[-2]} and {value.shape[-2]}"
+        )
     scores = query @ key.transpose(-2, -1) / math.sqrt(query.shape[-1])  # (..., N, M)
     if attn_mask is not None:
         if attn_mask.dtype == torch.bool:
@@ -118,11 +120,13 @@ class MultiHeadAttention(nn.Module):
                 raise ValueError(f"{name} must be (B, tokens, {self.dim}), got shape {tuple(tensor.shape)}")
         if key.shape[:2] != value.shape[:2] or key.shape[0] != query.shape[0]:
             raise ValueError(
-                f"batch/token sizes disagree: query {tuple(query.shape)}, key {tuple(key.shape)}, value {tuple(value.shape)}"
+                f"batch/token sizes disagree: query {tuple(query.shape)}, key {tuple(key.shape)}, "
+                f"value {tuple(value.shape)}"
             )
         batch, num_queries, _ = query.shape
         q, k, v = self._project(query, key, value)  # each (B, tokens, D)
-        q, k, v = (t.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2) for t in (q, k, v))  # (B, H, tokens, d)
+        # (B, H, tokens, d)
+        q, k, v = (t.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2) for t in (q, k, v))
         mask = merge_masks(attn_mask, key_padding_mask, k.shape[2])
         dropout_p = self.attn_dropout if self.training else 0.0
         if need_weights:
@@ -135,7 +139,8 @@ class MultiHeadAttention(nn.Module):
 
 @dataclass
 class AttentionCost:
-    """What one attention call cost: its best wall time over the repeats (s) and the peak memory it allocated (bytes)."""
+    """What one attention call cost: its best wall time over the repeats (s) and the peak memory it allocated
+    (bytes)."""
 
     seconds: float
     peak_bytes: int

@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> None:
 
     print(describe())
     print(f"config={args.config} {CONFIGS[args.config]}")
-    print(f"batch={args.batch_size} dtype={args.dtype} timed steps={args.steps} (+{args.warmup} warmup) rounds={args.rounds}")
+    print(f"batch={args.batch_size} dtype={args.dtype} timed steps={args.steps} (+{args.warmup} warmup) "
+          f"rounds={args.rounds}")
     results = benchmark(
         args.config, args.batch_size, args.steps, args.warmup, args.rounds, args.device, args.dtype
     )

@@ -91,10 +91,13 @@ def _check_pair(boxes1: torch.Tensor, boxes2: torch.Tensor) -> None:
     for name, boxes in (("boxes1", boxes1), ("boxes2", boxes2)):
         check_boxes(boxes, "xyxy", name)
         if boxes.dim() < 2:
-            raise ValueError(f"{name} must have shape (N, 4) (or (..., N, 4)) for pairwise IoU, got {tuple(boxes.shape)}")
+            raise ValueError(
+                f"{name} must have shape (N, 4) (or (..., N, 4)) for pairwise IoU, got {tuple(boxes.shape)}"
+            )
     if boxes1.shape[:-2] != boxes2.shape[:-2]:
         raise ValueError(
-            f"boxes1 {tuple(boxes1.shape)} and boxes2 {tuple(boxes2.shape)} must have the same leading (batch) dimensions"
+            f"boxes1 {tuple(boxes1.shape)} and boxes2 {tuple(boxes2.shape)} must have the same leading "
+            "(batch) dimensions"
         )
 
 

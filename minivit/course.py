@@ -35,7 +35,10 @@ _END = r"(?![A-Za-z0-9._-])"  # the name ends here, so "owner/minivit" never mat
 #: ``COURSE_REPO = "owner/name"`` at the start of a line of a notebook's first code cell.
 COURSE_REPO_LINE = re.compile(r"^(?P<lead>[ \t]*COURSE_REPO[ \t]*=[ \t]*)(?P<q>[\"'])(?P<repo>[^\"'\n]*)(?P=q)", re.M)
 #: A Colab URL of a notebook on GitHub: ``https://colab.research.google.com/github/owner/name/blob/...``.
-COLAB_URL = re.compile(rf"(?P<lead>colab\.research\.google\.com/github/){_REPO}(?P<tail>/blob/(?P<branch>[^/\s)\"']+)/(?P<path>[^\s)\"'#?]+))")
+COLAB_URL = re.compile(
+    rf"(?P<lead>colab\.research\.google\.com/github/){_REPO}"
+    r"(?P<tail>/blob/(?P<branch>[^/\s)\"']+)/(?P<path>[^\s)\"'#?]+))"
+)
 #: A pip requirement from GitHub: ``git+https://github.com/owner/name``.
 PIP_URL = re.compile(rf"(?P<lead>git\+https://github\.com/){_REPO}{_END}")
 #: ``REPOSITORY = "owner/name"`` in this file.
@@ -102,7 +105,9 @@ def find_mentions(root: str | Path) -> tuple[list[Mention], list[str]]:
         code, markdown = _first_cell(cells, "code"), _first_cell(cells, "markdown")
         lines = COURSE_REPO_LINE.findall(_source(cells[code])) if code is not None else []
         if len(lines) != 1:
-            missing.append(f"{name}: its first code cell has {len(lines)} COURSE_REPO = \"owner/name\" lines (1 expected)")
+            missing.append(
+                f"{name}: its first code cell has {len(lines)} COURSE_REPO = \"owner/name\" lines (1 expected)"
+            )
         badges = []
         for index, cell in enumerate(cells):
             where = f"{name} cell {index}"
@@ -258,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, count in changed.items():
             if count:
                 print(f"{name}: {count} place(s) changed")
-        print(f"{sum(changed.values())} place(s) in {sum(map(bool, changed.values()))} file(s) now name {args.set_repository}")
+        print(f"{sum(changed.values())} place(s) in {sum(map(bool, changed.values()))} file(s) now name "
+              f"{args.set_repository}")
     if args.check or not args.set_repository:
         problems = check(root)
         if problems:

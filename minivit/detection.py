@@ -62,12 +62,15 @@ def _check_detections(items, kind: str, keys) -> None:
         missing = [k for k in keys if k not in item]
         if missing:
             raise ValueError(f"{kind}[{index}] lacks {missing}; expected a dict with {list(keys)}")
-        if len(item["labels"]) != len(item["boxes"]) or ("scores" in keys and len(item["scores"]) != len(item["labels"])):
+        if len(item["labels"]) != len(item["boxes"]) or (
+            "scores" in keys and len(item["scores"]) != len(item["labels"])
+        ):
             raise ValueError(f"{kind}[{index}] has different numbers of labels, boxes and scores")
         check_boxes(item["boxes"].reshape(-1, 4), "xyxy", f"{kind}[{index}]['boxes']")
 
 
-def average_precision_per_class(predictions: list[dict], targets: list[dict], iou_threshold: float = 0.5) -> dict[int, float]:
+def average_precision_per_class(predictions: list[dict], targets: list[dict],
+                                iou_threshold: float = 0.5) -> dict[int, float]:
     """AP for every class that occurs in ``targets`` (see :func:`mean_average_precision`)."""
     if len(predictions) != len(targets):
         raise ValueError(f"got predictions for {len(predictions)} images but targets for {len(targets)}")

@@ -103,7 +103,8 @@ class Backbone(nn.Module):
     def __init__(self, pretrained: bool = False, train_backbone: bool = True):
         super().__init__()
         resnet = resnet50(pretrained, norm_layer=FrozenBatchNorm2d)
-        self.body = nn.Sequential(OrderedDict((name, m) for name, m in resnet.named_children() if name not in ("avgpool", "fc")))
+        self.body = nn.Sequential(OrderedDict((name, m) for name, m in resnet.named_children()
+                                              if name not in ("avgpool", "fc")))
         for name, parameter in self.body.named_parameters():
             if not train_backbone or not name.startswith(("layer2", "layer3", "layer4")):
                 parameter.requires_grad_(False)
@@ -158,7 +159,8 @@ class PositionEmbeddingSine(nn.Module):
     same encoding as alone. mask (B, h, w) -> (B, 2 * num_pos_feats, h, w), y channels first.
     """
 
-    def __init__(self, num_pos_feats: int = 128, temperature: float = 10000.0, normalize: bool = True, scale: float = 2 * math.pi):
+    def __init__(self, num_pos_feats: int = 128, temperature: float = 10000.0, normalize: bool = True,
+                 scale: float = 2 * math.pi):
         super().__init__()
         if num_pos_feats % 2 != 0:
             raise ValueError(f"num_pos_feats must be even (sin/cos pairs), got {num_pos_feats}")
@@ -199,10 +201,14 @@ class PositionEmbeddingLearned(nn.Module):
     def forward(self, mask: torch.Tensor) -> torch.Tensor:
         batch, height, width = mask.shape
         if height > self.max_size or width > self.max_size:
-            raise ValueError(f"feature map {height}x{width} is larger than max_size={self.max_size}; use smaller images or a larger max_size")
+            raise ValueError(
+                f"feature map {height}x{width} is larger than max_size={self.max_size}; "
+                "use smaller images or a larger max_size"
+            )
         x_emb = self.col_embed(torch.arange(width, device=mask.device))  # (w, F)
         y_emb = self.row_embed(torch.arange(height, device=mask.device))  # (h, F)
-        pos = torch.cat([x_emb[None].expand(height, -1, -1), y_emb[:, None].expand(-1, width, -1)], dim=-1)  # (h, w, 2F)
+        # (h, w, 2F)
+        pos = torch.cat([x_emb[None].expand(height, -1, -1), y_emb[:, None].expand(-1, width, -1)], dim=-1)
         return pos.permute(2, 0, 1)[None].expand(batch, -1, -1, -1)  # (B, 2F, h, w)
 
 
@@ -224,7 +230,8 @@ class DETREncoderLayer(nn.Module):
     def forward(self, src, pos, key_padding_mask=None, need_weights=False):
         """src, pos (B, N, D), key_padding_mask (B, N) -> (B, N, D), weights (B, H, N, N) or None."""
         query_key = src + pos
-        attended, weights = self.self_attn(query_key, query_key, src, key_padding_mask=key_padding_mask, need_weights=need_weights)
+        attended, weights = self.self_attn(query_key, query_key, src, key_padding_mask=key_padding_mask,
+                                           need_weights=need_weights)
         src = self.norm1(src + self.dropout1(attended))
         src = self.norm2(src + self.dropout2(self.linear2(self.dropout(F.relu(self.linear1(src))))))
         return src, weights
@@ -248,7 +255,8 @@ class DETRDecoderLayer(nn.Module):
         self.dropout1, self.dropout2, self.dropout3 = nn.Dropout(dropout), nn.Dropout(dropout), nn.Dropout(dropout)
 
     def forward(self, tgt, memory, pos, query_pos, memory_key_padding_mask=None, need_weights=False):
-        """tgt, query_pos (B, Q, D); memory, pos (B, N, D) -> (B, Q, D), self weights (B, H, Q, Q), cross weights (B, H, Q, N)."""
+        """tgt, query_pos (B, Q, D); memory, pos (B, N, D) -> (B, Q, D), self weights (B, H, Q, Q),
+        cross weights (B, H, Q, N)."""
         query_key = tgt + query_pos
         attended, self_weights = self.self_attn(query_key, query_key, tgt, need_weights=need_weights)
         tgt = self.norm1(tgt + self.dropout1(attended))
@@ -265,7 +273,8 @@ class DETREncoder(nn.Module):
 
     def __init__(self, num_layers: int, dim: int, num_heads: int, dim_feedforward: int, dropout: float):
         super().__init__()
-        self.layers = nn.ModuleList(DETREncoderLayer(dim, num_heads, dim_feedforward, dropout) for _ in range(num_layers))
+        self.layers = nn.ModuleList(DETREncoderLayer(dim, num_heads, dim_feedforward, dropout)
+                                    for _ in range(num_layers))
 
     def forward(self, src, pos, key_padding_mask=None, need_weights=False):
         """src, pos (B, N, D), key_padding_mask (B, N) -> memory (B, N, D), weights (L, B, H, N, N) or None."""
@@ -281,7 +290,8 @@ class DETRDecoder(nn.Module):
 
     def __init__(self, num_layers: int, dim: int, num_heads: int, dim_feedforward: int, dropout: float):
         super().__init__()
-        self.layers = nn.ModuleList(DETRDecoderLayer(dim, num_heads, dim_feedforward, dropout) for _ in range(num_layers))
+        self.layers = nn.ModuleList(DETRDecoderLayer(dim, num_heads, dim_feedforward, dropout)
+                                    for _ in range(num_layers))
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, tgt, memory, pos, query_pos, memory_key_padding_mask=None, need_weights=False):
@@ -303,7 +313,8 @@ class DETRTransformer(nn.Module):
     ``return_intermediate_dec=True``): no final encoder norm; the decoder returns the
     normalized output of every layer, for the auxiliary losses."""
 
-    def __init__(self, dim=256, num_heads=8, num_encoder_layers=6, num_decoder_layers=6, dim_feedforward=2048, dropout=0.1):
+    def __init__(self, dim=256, num_heads=8, num_encoder_layers=6, num_decoder_layers=6, dim_feedforward=2048,
+                 dropout=0.1):
         super().__init__()
         self.encoder = DETREncoder(num_encoder_layers, dim, num_heads, dim_feedforward, dropout)
         self.decoder = DETRDecoder(num_decoder_layers, dim, num_heads, dim_feedforward, dropout)
@@ -313,7 +324,8 @@ class DETRTransformer(nn.Module):
 
     def forward(self, src, mask, query_embed, pos, need_weights=False):
         """src, pos (B, D, h, w), mask (B, h, w), query_embed (Q, D) ->
-        hs (decoder layers, B, Q, D), memory (B, h*w, D), attention {name: stacked weights} (empty unless need_weights)."""
+        hs (decoder layers, B, Q, D), memory (B, h*w, D), attention {name: stacked weights}
+        (empty unless need_weights)."""
         batch = src.shape[0]
         src = src.flatten(2).transpose(1, 2)  # (B, N, D), N = h*w
         pos = pos.flatten(2).transpose(1, 2)  # (B, N, D)
@@ -416,7 +428,8 @@ class DETR(nn.Module):
         if hidden_dim % 2 != 0 or num_encoder_layers < 1 or num_decoder_layers < 1:
             raise ValueError(
                 f"hidden_dim must be even and there must be at least one encoder and one decoder layer, got "
-                f"hidden_dim={hidden_dim}, num_encoder_layers={num_encoder_layers}, num_decoder_layers={num_decoder_layers}"
+                f"hidden_dim={hidden_dim}, num_encoder_layers={num_encoder_layers}, "
+                f"num_decoder_layers={num_decoder_layers}"
             )
         if position_embedding not in ("sine", "learned"):
             raise ValueError(f"position_embedding must be 'sine' or 'learned', got {position_embedding!r}")
@@ -428,7 +441,8 @@ class DETR(nn.Module):
             self.position_embedding = PositionEmbeddingSine(hidden_dim // 2, normalize=True)
         else:
             self.position_embedding = PositionEmbeddingLearned(hidden_dim // 2)
-        self.transformer = DETRTransformer(hidden_dim, num_heads, num_encoder_layers, num_decoder_layers, dim_feedforward, dropout)
+        self.transformer = DETRTransformer(hidden_dim, num_heads, num_encoder_layers, num_decoder_layers,
+                                           dim_feedforward, dropout)
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.bbox_embed = MLPHead(hidden_dim, hidden_dim, 4, 3)
@@ -449,12 +463,17 @@ class DETR(nn.Module):
     def _check_inputs(self, images, mask):
         if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-            raise ValueError(f"images must be a float tensor (B, 3, H, W), got {shape}; batch images of different sizes with pad_images()")
+            raise ValueError(
+                f"images must be a float tensor (B, 3, H, W), got {shape}; "
+                "batch images of different sizes with pad_images()"
+            )
         if not images.is_floating_point():
             raise ValueError(f"images must be floating point (normalized), got dtype {images.dtype}")
         stride = getattr(self.backbone, "stride", 1)
         if min(images.shape[-2:]) < stride:
-            raise ValueError(f"images of size {tuple(images.shape[-2:])} are smaller than the backbone's stride {stride}")
+            raise ValueError(
+                f"images of size {tuple(images.shape[-2:])} are smaller than the backbone's stride {stride}"
+            )
         if mask is None:
             return images, torch.zeros(images.shape[0], *images.shape[-2:], dtype=torch.bool, device=images.device)
         if mask.dtype != torch.bool or mask.shape != (images.shape[0], *images.shape[-2:]):
@@ -470,7 +489,8 @@ class DETR(nn.Module):
         images, mask = self._check_inputs(images, mask)
         features, feature_mask = self.backbone(images, mask)  # (B, C, h, w), (B, h, w)
         pos = self.position_embedding(feature_mask).to(features.dtype)  # (B, D, h, w)
-        hs, _, attention = self.transformer(self.input_proj(features), feature_mask, self.query_embed.weight, pos, need_weights)
+        hs, _, attention = self.transformer(self.input_proj(features), feature_mask, self.query_embed.weight, pos,
+                                            need_weights)
         logits = self.class_embed(hs)  # (L, B, Q, classes + 1)
         boxes = self.bbox_embed(hs).sigmoid()  # (L, B, Q, 4)
         outputs = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
@@ -516,7 +536,9 @@ def pad_images(images: list[torch.Tensor], size_divisibility: int = 1) -> tuple[
         raise ValueError("pad_images needs at least one image")
     for i, image in enumerate(images):
         if not isinstance(image, torch.Tensor) or image.dim() != 3:
-            raise ValueError(f"images[{i}] must be a tensor (C, H, W), got {getattr(image, 'shape', type(image).__name__)}")
+            raise ValueError(
+                f"images[{i}] must be a tensor (C, H, W), got {getattr(image, 'shape', type(image).__name__)}"
+            )
         if image.shape[0] != images[0].shape[0]:
             raise ValueError(f"images[{i}] has {image.shape[0]} channels, images[0] has {images[0].shape[0]}")
     height = max(image.shape[1] for image in images)
@@ -564,12 +586,14 @@ def plot_detections(ax, image: torch.Tensor, detections: dict, class_names=None,
 
     ax.imshow(image.permute(1, 2, 0).clamp(0, 1).cpu().numpy(), interpolation="nearest")
     colors = [f"C{i}" for i in range(10)]
-    for box, label, score in zip(detections["boxes"].tolist(), detections["labels"].tolist(), detections["scores"].tolist()):
+    for box, label, score in zip(detections["boxes"].tolist(), detections["labels"].tolist(),
+                                 detections["scores"].tolist()):
         x1, y1, x2, y2 = box
         color = colors[label % len(colors)]
         ax.add_patch(patches.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=2))
         name = class_names[label] if class_names is not None else str(label)
-        ax.text(x1, y1, f"{name} {score:.2f}", color="white", fontsize=8, va="bottom", bbox={"facecolor": color, "alpha": 0.8, "pad": 1})
+        ax.text(x1, y1, f"{name} {score:.2f}", color="white", fontsize=8, va="bottom",
+                bbox={"facecolor": color, "alpha": 0.8, "pad": 1})
     ax.set_xlabel("x (pixels)")
     ax.set_ylabel("y (pixels)")
     if title:
@@ -611,7 +635,9 @@ class MinimalDETR(nn.Module):
         projected = self.conv(features)  # (B, 256, h, w)
         batch, _, height, width = projected.shape
         if height > 50 or width > 50:
-            raise ValueError(f"feature map {height}x{width} exceeds the 50x50 learned positions; use images up to 1600x1600")
+            raise ValueError(
+                f"feature map {height}x{width} exceeds the 50x50 learned positions; use images up to 1600x1600"
+            )
         pos = torch.cat([
             self.col_embed[:width][None].expand(height, -1, -1),  # (h, w, 128): x part
             self.row_embed[:height][:, None].expand(-1, width, -1),  # (h, w, 128): y part

@@ -132,7 +132,8 @@ def hungarian(cost, record: list | None = None) -> tuple[np.ndarray, np.ndarray]
             col = previous
             path.append(col)
         row_of_col[m] = -1
-        note("augment: flip the alternating path to a free column", row=row, path_cols=[int(c) for c in path[:-1][::-1]])
+        note("augment: flip the alternating path to a free column", row=row,
+             path_cols=[int(c) for c in path[:-1][::-1]])
 
     cols = np.flatnonzero(row_of_col[:m] >= 0)
     rows = row_of_col[cols]
@@ -190,7 +191,9 @@ def matching_cost(pred_logits, pred_boxes, target_labels, target_boxes, weights=
 def _check_targets(targets, num_queries: int) -> None:
     for index, target in enumerate(targets):
         if "labels" not in target or "boxes" not in target:
-            raise ValueError(f"targets[{index}] must be a dict with 'labels' (T,) and 'boxes' (T, 4), got {list(target)}")
+            raise ValueError(
+                f"targets[{index}] must be a dict with 'labels' (T,) and 'boxes' (T, 4), got {list(target)}"
+            )
         labels, boxes = target["labels"], target["boxes"]
         if boxes.dim() != 2 or boxes.shape[-1] != 4 or labels.shape != boxes.shape[:1]:
             raise ValueError(
@@ -282,7 +285,9 @@ class SetCriterion(nn.Module):
     def single_layer_losses(self, outputs: dict, targets: list[dict], num_boxes: float) -> dict[str, torch.Tensor]:
         logits, pred_boxes = outputs["pred_logits"], outputs["pred_boxes"]  # (B, Q, C + 1), (B, Q, 4)
         if logits.shape[-1] != self.num_classes + 1:
-            raise ValueError(f"pred_logits has {logits.shape[-1]} classes, expected num_classes + 1 = {self.num_classes + 1}")
+            raise ValueError(
+                f"pred_logits has {logits.shape[-1]} classes, expected num_classes + 1 = {self.num_classes + 1}"
+            )
         indices = self.matcher(outputs, targets)
         image_index = torch.cat([torch.full_like(query, image) for image, (query, _) in enumerate(indices)])
         query_index = torch.cat([query for query, _ in indices])

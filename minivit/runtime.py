@@ -90,8 +90,12 @@ def _choose_data_dir(
         return Path("/content/data"), "this is Colab; files there last as long as the runtime"
     xdg = environ.get("XDG_CACHE_HOME", "")
     if xdg and Path(xdg).is_absolute():
-        return Path(xdg) / "minivit", "minivit is an installed package, so data goes to the user cache folder $XDG_CACHE_HOME/minivit"
-    return Path("~/.cache/minivit").expanduser(), "minivit is an installed package, so data goes to the user cache folder ~/.cache/minivit"
+        return Path(xdg) / "minivit", (
+            "minivit is an installed package, so data goes to the user cache folder $XDG_CACHE_HOME/minivit"
+        )
+    return Path("~/.cache/minivit").expanduser(), (
+        "minivit is an installed package, so data goes to the user cache folder ~/.cache/minivit"
+    )
 
 
 def data_dir() -> Path:

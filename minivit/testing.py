@@ -6,8 +6,9 @@ tensors with CPU tensors in one operation ("Expected all tensors to be on the sa
 while allowing what CUDA allows (0-dim CPU scalars, CPU index tensors), and it runs forward,
 backward and optimizer steps, computing shapes only. Reading a value back (``.item()``,
 ``.cpu()``) gives ones (never a division by zero; booleans read back so that input checks pass:
-``.all()`` is True, anything else False, e.g. ``(boxes < 0).any()``), so whole training and evaluation loops run in seconds. A helper that
-forgets to move a model or a batch fails under it exactly as it would on a GPU.
+``.all()`` is True, anything else False, e.g. ``(boxes < 0).any()``), so whole training and
+evaluation loops run in seconds. A helper that forgets to move a model or a batch fails under
+it exactly as it would on a GPU.
 
 :func:`assert_state_dicts_equal` compares two models (or state dicts) key by key and names
 the first differences.

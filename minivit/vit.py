@@ -80,7 +80,9 @@ def sincos_2d_position_embedding(grid_h: int, grid_w: int, dim: int, base: float
     the second half the column (as in MoCo v3 and MAE).
     """
     if dim % 4 != 0:
-        raise ValueError(f"dim must be divisible by 4 for 2D sin-cos embeddings (sin/cos for rows and columns), got {dim}")
+        raise ValueError(
+            f"dim must be divisible by 4 for 2D sin-cos embeddings (sin/cos for rows and columns), got {dim}"
+        )
     rows = sinusoidal_position_encoding(grid_h, dim // 2, base)  # (grid_h, D/2)
     cols = sinusoidal_position_encoding(grid_w, dim // 2, base)  # (grid_w, D/2)
     grid = torch.cat(

@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK = REPO / "notebooks" / "07_attention_maps.ipynb"
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = REPO / "artifacts" / "browser"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -102,7 +103,8 @@ def jupyter_lab():
             "--allow-root",  # CI containers run as root
         ]
         with open(log, "w") as log_file:
-            server = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+            server = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
         try:
             base = f"http://127.0.0.1:{port}"
             _wait_for_server(f"{base}/api/status?token={token}", server, log)
@@ -158,15 +160,19 @@ def test_attention_explorer_in_jupyterlab(jupyter_lab):
             page.screenshot(path=SCREENSHOTS / "0_opened.png")
             assert page.locator(".jp-Dialog").count() == 0, "a dialog (kernel choice?) covers the notebook"
 
-            page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")  # do not await the run
+            # do not await the run
+            page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
             vit_picture = page.locator("img.minivit-vit-picture")
             detr_picture = page.locator("img.minivit-detr-picture")
             try:
                 detr_picture.wait_for(state="visible", timeout=150_000)  # the last explorer: every cell ran
             except playwright_sync.TimeoutError:
                 page.screenshot(path=SCREENSHOTS / "failed_run.png", full_page=True)
-                errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").all_inner_texts()
-                raise AssertionError(f"the explorers did not appear; stderr outputs: {errors[-3:]}\nserver log: {log.read_text()[-2000:]}")
+                errors = page.locator(
+                    ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
+                ).all_inner_texts()
+                raise AssertionError(f"the explorers did not appear; stderr outputs: {errors[-3:]}\n"
+                                     f"server log: {log.read_text()[-2000:]}")
             vit_picture.scroll_into_view_if_needed()
             page.wait_for_timeout(500)
             first = vit_picture.screenshot(path=SCREENSHOTS / "1_vit_explorer.png")
@@ -179,7 +185,8 @@ def test_attention_explorer_in_jupyterlab(jupyter_lab):
             _press(page, "minivit-vit-row", "ArrowLeft", times=2)  # choose a patch: it becomes the query
             after_patch = _changed_picture(vit_picture, after_layer)
             vit_picture.screenshot(path=SCREENSHOTS / "3_vit_patch_changed.png")
-            page.locator(".minivit-vit-picture").locator("xpath=..").screenshot(path=SCREENSHOTS / "3_vit_explorer_widgets.png")
+            page.locator(".minivit-vit-picture").locator("xpath=..").screenshot(
+                path=SCREENSHOTS / "3_vit_explorer_widgets.png")
             assert len({first, after_layer, after_patch}) == 3
 
             detr_picture.scroll_into_view_if_needed()

@@ -43,10 +43,12 @@ def test_conv2d_implementations_equal_f_conv2d(batch, kernel, stride, padding):
 
 
 def test_output_size_formula_matches_torch():
-    for size, kernel, stride, padding, dilation in itertools.product([7, 8, 32], [1, 3, 5], [1, 2, 3], [0, 1, 2], [1, 2]):
+    for size, kernel, stride, padding, dilation in itertools.product([7, 8, 32], [1, 3, 5], [1, 2, 3], [0, 1, 2],
+                                                                     [1, 2]):
         if size + 2 * padding < dilation * (kernel - 1) + 1:
             continue
-        out = F.conv1d(torch.zeros(1, 1, size), torch.zeros(1, 1, kernel), stride=stride, padding=padding, dilation=dilation)
+        out = F.conv1d(torch.zeros(1, 1, size), torch.zeros(1, 1, kernel), stride=stride, padding=padding,
+                       dilation=dilation)
         assert conv_output_size(size, kernel, stride, padding, dilation) == out.shape[-1]
 
 

@@ -106,7 +106,8 @@ def test_source_says_what_the_data_is_and_survives_cache_and_subset(tmp_path, mo
         assert "not the canonical" in str(cache["meta"])
     monkeypatch.chdir(tmp_path / "jpg")  # the path follows the current folder
     assert load_cifar10("test", root=tmp_path / "jpg").source.startswith("CIFAR-10 as JPEG image folder (cifar10/test)")
-    assert ImageSet(torch.zeros(1, 3, 2, 2, dtype=torch.uint8), torch.zeros(1, dtype=torch.int64), ("a",)).source == "unknown"
+    assert ImageSet(torch.zeros(1, 3, 2, 2, dtype=torch.uint8), torch.zeros(1, dtype=torch.int64),
+                    ("a",)).source == "unknown"
     assert load_image_folder(tmp_path / "png" / "cifar10" / "test").source == "PNG image folder (../png/cifar10/test)"
 
 
@@ -141,7 +142,8 @@ def test_cache_is_rebuilt_when_the_image_folder_changes(tmp_path, capsys):
 def test_cache_of_an_older_minivit_is_rebuilt(tmp_path, capsys):
     make_image_folder(tmp_path / "cifar10" / "test", CIFAR10_CLASSES, per_class=1, size=32)
     (tmp_path / "cache").mkdir()
-    np.savez(tmp_path / "cache" / "cifar10_test.npz", images=np.zeros((3, 3, 32, 32), np.uint8), labels=np.zeros(3, np.int64))
+    np.savez(tmp_path / "cache" / "cifar10_test.npz", images=np.zeros((3, 3, 32, 32), np.uint8),
+             labels=np.zeros(3, np.int64))
     data = load_cifar10("test", root=tmp_path)
     assert len(data) == 10 and "made by an older minivit" in capsys.readouterr().out
 

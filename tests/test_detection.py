@@ -32,11 +32,13 @@ def hand_worked_example():
     mAP@0.5 = (5/9 + 1/2) / 2 = 19/36; mAP@0.3 = (5/9 + 1) / 2 = 7/9.
     """
     targets = [
-        {"boxes": torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]]), "labels": torch.tensor([0, 0, 1])},
+        {"boxes": torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]]),
+         "labels": torch.tensor([0, 0, 1])},
         {"boxes": torch.tensor([[5.0, 5, 15, 15]]), "labels": torch.tensor([0])},
     ]
     predictions = [
-        {"boxes": torch.tensor([[0.0, 0, 10, 10], [1, 0, 11, 10], [60, 60, 70, 70], [40, 40, 50, 44], [40, 40, 50, 56]]),
+        {"boxes": torch.tensor([[0.0, 0, 10, 10], [1, 0, 11, 10], [60, 60, 70, 70], [40, 40, 50, 44],
+                                [40, 40, 50, 56]]),
          "scores": torch.tensor([0.9, 0.8, 0.6, 0.95, 0.3]), "labels": torch.tensor([0, 0, 0, 1, 1])},
         {"boxes": torch.tensor([[5.0, 5, 15, 15], [0, 0, 5, 5]]),
          "scores": torch.tensor([0.7, 0.99]), "labels": torch.tensor([0, 2])},
@@ -72,7 +74,8 @@ def test_perfect_predictions_score_one_and_bad_input_is_named():
     with pytest.raises(ValueError, match=r"predictions\[1\]\['boxes'\]\[0\]"):
         mean_average_precision(bad, targets)
     with pytest.raises(ValueError, match="no objects"):
-        mean_average_precision([perfect[0]], [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}])
+        mean_average_precision([perfect[0]], [{"boxes": torch.zeros(0, 4),
+                                               "labels": torch.zeros(0, dtype=torch.int64)}])
 
 
 def test_training_runs_with_empty_images_and_checkpoint_round_trip(tmp_path):

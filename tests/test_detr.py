@@ -155,7 +155,9 @@ def test_load_official_detr_r50_loads_the_downloaded_checkpoint(monkeypatch, det
 
 
 def test_key_map_examples():
-    assert official_to_minivit_key("backbone.0.body.layer1.0.bn1.running_mean") == "backbone.body.layer1.0.bn1.running_mean"
+    assert official_to_minivit_key("backbone.0.body.layer1.0.bn1.running_mean") == (
+        "backbone.body.layer1.0.bn1.running_mean"
+    )
     assert official_to_minivit_key("transformer.decoder.layers.3.multihead_attn.in_proj_weight") == (
         "transformer.decoder.layers.3.cross_attn.qkv.weight"
     )
@@ -167,8 +169,10 @@ def test_key_map_examples():
 
 @pytest.mark.parametrize("damage, message", [
     (lambda sd: sd.pop("transformer.decoder.norm.weight"), "missing: transformer.decoder.norm.weight"),
-    (lambda sd: sd.__setitem__("transformer.encoder.norm.weight", torch.ones(256)), "unexpected: transformer.encoder.norm.weight"),
-    (lambda sd: sd.__setitem__("class_embed.weight", torch.zeros(251, 256)), r"shape mismatch: class_embed.weight: checkpoint \(251, 256\)"),
+    (lambda sd: sd.__setitem__("transformer.encoder.norm.weight", torch.ones(256)),
+     "unexpected: transformer.encoder.norm.weight"),
+    (lambda sd: sd.__setitem__("class_embed.weight", torch.zeros(251, 256)),
+     r"shape mismatch: class_embed.weight: checkpoint \(251, 256\)"),
 ])
 def test_loader_rejects_bad_state_dicts(detr_r50, damage, message):
     official = to_official_state_dict(detr_r50)

@@ -15,7 +15,8 @@ from minivit import course
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 FORK = "some-one/my.fork"
 
-FIRST_CODE_CELL = '''# Setup: PROFILE and DEVICE are the two settings of this notebook; on Colab this cell also installs minivit
+FIRST_CODE_CELL = '''\
+# Setup: PROFILE and DEVICE are the two settings of this notebook; on Colab this cell also installs minivit
 # from COURSE_REPO (a fork changes it here, or in every notebook at once with
 # `python -m minivit.course --set-repository OWNER/NAME`). Colab's own torch is kept.
 PROFILE = None  # None: "gpu" when a GPU is found, else "cpu"; or "smoke" (seconds), "cpu", "gpu"
@@ -33,7 +34,8 @@ def copy_checkout(target):
     """The files that name the repository, copied from this checkout."""
     for name in ("README.md", "pyproject.toml"):
         shutil.copy(REPOSITORY_ROOT / name, target / name)
-    shutil.copytree(REPOSITORY_ROOT / "notebooks", target / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    shutil.copytree(REPOSITORY_ROOT / "notebooks", target / "notebooks",
+                    ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
     (target / "minivit").mkdir()
     shutil.copy(REPOSITORY_ROOT / "minivit" / "course.py", target / "minivit" / "course.py")
     return sorted(p.relative_to(target) for p in target.rglob("*") if p.is_file())
@@ -83,7 +85,8 @@ def test_set_repository_rewrites_only_the_names(tmp_path, capsys):
         # byte-identical apart from the name: formatting, key order, non-ASCII and final newline kept
         assert after.replace(FORK.encode(), b"minivit-course/minivit") == before[name], name
     assert course.check(tmp_path) == problems_before
-    assert b'COURSE_REPO = \\"some-one/my.fork\\"' in (tmp_path / "notebooks" / "01_convolution_refresher.ipynb").read_bytes()
+    assert b'COURSE_REPO = \\"some-one/my.fork\\"' in (
+        tmp_path / "notebooks" / "01_convolution_refresher.ipynb").read_bytes()
     assert b'Issues = "https://github.com/some-one/my.fork/issues"' in (tmp_path / "pyproject.toml").read_bytes()
     course.set_repository("minivit-course/minivit", tmp_path)  # and back
     assert all((tmp_path / name).read_bytes() == before[name] for name in files)
@@ -96,7 +99,8 @@ def test_check_lists_disagreements(tmp_path, capsys):
     readme = tmp_path / "README.md"
     readme.write_text(readme.read_text().replace("notebooks/07_attention_maps.ipynb", "notebooks/08_missing.ipynb"))
     problems = course.check(tmp_path)
-    assert any(p.startswith("notebooks/03_vit_patch_embedding.ipynb cell 0") and "'someone/else'" in p for p in problems)
+    assert any(p.startswith("notebooks/03_vit_patch_embedding.ipynb cell 0") and "'someone/else'" in p
+               for p in problems)
     assert "README.md: no Colab badge for notebooks/07_attention_maps.ipynb" in problems
     assert "README.md: a Colab badge opens notebooks/08_missing.ipynb, which does not exist" in problems
     assert course.main(["--check", "--root", str(tmp_path)]) == 1

@@ -88,7 +88,9 @@ def test_data_dir_rules_in_order(tmp_path, monkeypatch):
     assert path == tmp_path / "home" / ".cache" / "minivit" and "installed" in reason
     path, _ = _choose_data_dir(installed, {"XDG_CACHE_HOME": str(tmp_path / "xdg")}, {})
     assert path == tmp_path / "xdg" / "minivit"
-    assert _choose_data_dir(installed, {"XDG_CACHE_HOME": "relative/cache"}, {})[0] == path.parent.parent / "home" / ".cache" / "minivit"
+    assert _choose_data_dir(installed, {"XDG_CACHE_HOME": "relative/cache"}, {})[0] == (
+        path.parent.parent / "home" / ".cache" / "minivit"
+    )
     for environ, modules in [({}, {}), ({}, colab), ({"XDG_CACHE_HOME": str(tmp_path / "xdg")}, {})]:
         assert "site-packages" not in _choose_data_dir(installed, environ, modules)[0].parts
 

@@ -28,7 +28,8 @@ def test_sinusoidal_similarity_depends_only_on_offset():
 def test_encoder_block_equals_torchvision_block():
     torch.manual_seed(0)
     block = EncoderBlock(dim=32, num_heads=4, mlp_dim=64).eval()
-    reference = TorchvisionEncoderBlock(4, 32, 64, 0.0, 0.0, norm_layer=lambda d: torch.nn.LayerNorm(d, eps=1e-6)).eval()
+    reference = TorchvisionEncoderBlock(4, 32, 64, 0.0, 0.0,
+                                        norm_layer=lambda d: torch.nn.LayerNorm(d, eps=1e-6)).eval()
     with torch.no_grad():
         reference.ln_1.load_state_dict(block.norm1.state_dict())
         reference.ln_2.load_state_dict(block.norm2.state_dict())

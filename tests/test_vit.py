@@ -146,7 +146,8 @@ def test_other_architectures_give_clear_errors(torchvision_b16):
         b32, resnet = vit_b_32().state_dict(), resnet18().state_dict()
     with pytest.raises(ValueError, match=r"patch_embed\.proj\.weight: checkpoint \(768, 3, 32, 32\)"):
         load_torchvision_weights(target, b32)
-    with pytest.raises(ValueError, match=r"not a torchvision VisionTransformer state dict: none of its 122 keys \(conv1\.weight"):
+    with pytest.raises(ValueError,
+                       match=r"not a torchvision VisionTransformer state dict: none of its 122 keys \(conv1\.weight"):
         load_torchvision_weights(target, resnet)
     with pytest.raises(ValueError, match=r"head\.weight: checkpoint \(1000, 768\) vs model \(10, 768\)"):
         load_torchvision_weights(target_10, torchvision_b16.state_dict())

@@ -52,7 +52,8 @@ def test_rollout_hand_made_two_layers():
     per_layer = viz.attention_rollout_per_layer(attention)
     torch.testing.assert_close(per_layer[0], torch.tensor([[1.0, 0.0], [0.25, 0.75]]))
     # without the residual: W2 @ W1 = [[.75,.25],[1,0]]
-    torch.testing.assert_close(viz.attention_rollout(attention, residual=False), torch.tensor([[0.75, 0.25], [1.0, 0.0]]))
+    torch.testing.assert_close(viz.attention_rollout(attention, residual=False),
+                               torch.tensor([[0.75, 0.25], [1.0, 0.0]]))
     # a batch dimension gives the same per image
     batched = torch.stack([attention, attention], dim=1)  # (L, B, H, T, T)
     torch.testing.assert_close(viz.attention_rollout(batched), torch.stack([expected, expected]))
@@ -187,11 +188,13 @@ def test_vit_explorer_upload(small_vit, images):
     before = explorer.picture.value
     buffer = io.BytesIO()
     Image.fromarray(np.full((40, 60, 3), (250, 10, 10), np.uint8)).save(buffer, format="PNG")
-    explorer.upload.value = ({"name": "red.png", "type": "image/png", "size": 1, "content": memoryview(buffer.getvalue()), "last_modified": NOW},)
+    explorer.upload.value = ({"name": "red.png", "type": "image/png", "size": 1,
+                              "content": memoryview(buffer.getvalue()), "last_modified": NOW},)
     assert explorer.image_label == "upload: red.png"
     assert explorer.image.shape == (3, 32, 32) and explorer.image[0].float().mean() > 200
     assert explorer.picture.value != before
-    explorer.upload.value = ({"name": "bad.png", "type": "image/png", "size": 1, "content": memoryview(b"not an image"), "last_modified": NOW},)
+    explorer.upload.value = ({"name": "bad.png", "type": "image/png", "size": 1,
+                              "content": memoryview(b"not an image"), "last_modified": NOW},)
     assert "upload failed" in explorer.caption.value
 
 
@@ -204,7 +207,8 @@ def test_detr_explorer_callbacks():
     from minivit.detr import build_tiny_detr
 
     torch.manual_seed(0)
-    model = build_tiny_detr(num_classes=3, num_queries=5, hidden_dim=32, num_heads=2, dim_feedforward=64, backbone_widths=(8, 16, 16, 16))
+    model = build_tiny_detr(num_classes=3, num_queries=5, hidden_dim=32, num_heads=2, dim_feedforward=64,
+                            backbone_widths=(8, 16, 16, 16))
     images = torch.rand(2, 3, 64, 64)
     explorer = viz.DETRAttentionExplorer(model, images, ["square", "circle", "triangle"], threshold=0.05)
     assert explorer.cross_maps.shape == (2, 5, 4, 4)  # (decoder layers, queries, h, w) of a stride-16 backbone
@@ -225,10 +229,12 @@ def test_detr_explorer_callbacks():
 
 def test_classifier_maps_class_token_and_mean_pooling():
     attention = torch.arange(25.0).reshape(5, 5)
-    torch.testing.assert_close(viz.classifier_maps(attention, 2, num_prefix_tokens=1), torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+    torch.testing.assert_close(viz.classifier_maps(attention, 2, num_prefix_tokens=1),
+                               torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
     patches_only = torch.tensor([[0.5, 0.5, 0, 0], [0, 1.0, 0, 0], [0, 0, 0, 1.0], [0.25, 0.25, 0.25, 0.25]])
     # mean pooling: the average query's weights, i.e. the column means
-    torch.testing.assert_close(viz.classifier_maps(patches_only, 2, num_prefix_tokens=0), torch.tensor([[0.1875, 0.4375], [0.0625, 0.3125]]))
+    torch.testing.assert_close(viz.classifier_maps(patches_only, 2, num_prefix_tokens=0),
+                               torch.tensor([[0.1875, 0.4375], [0.0625, 0.3125]]))
 
 
 def test_vit_explorer_with_mean_pooling(images):
@@ -260,7 +266,8 @@ def test_figures_have_titles_and_labels(small_vit, images):
         viz.plot_patch_components(components, explained, "components"),
         viz.plot_cross_layer_similarity(viz.cross_layer_similarity(attention), "collapse"),
         viz.plot_detr_encoder_attention(images[0], encoder, (2, 2), [(0, 0), (1, 1)]),
-        viz.plot_detr_queries(images[0], torch.tensor([[2.0, 2.0, 20.0, 20.0]]), [1], [0.9], torch.rand(1, 2, 2), ["a", "b"]),
+        viz.plot_detr_queries(images[0], torch.tensor([[2.0, 2.0, 20.0, 20.0]]), [1], [0.9], torch.rand(1, 2, 2),
+                              ["a", "b"]),
     ]
     for figure in figures:
         assert figure._suptitle is not None and figure._suptitle.get_text()
@@ -268,7 +275,7 @@ def test_figures_have_titles_and_labels(small_vit, images):
     assert figures[1].axes[0].get_ylabel() == "mean attention distance (pixels)"
 
 
-# ----------------------------------------------------------------------------- uploads (ipywidgets 7 and 8), escaping, size limits
+# -------------------------------------------------- uploads (ipywidgets 7 and 8), escaping, size limits
 
 EVIL_NAME = "<img src=x onerror=alert(1)>.png"
 
@@ -301,7 +308,8 @@ def big_uploads():
 
 def _value_v8(name: str, content: bytes) -> tuple:
     """FileUpload.value as ipywidgets 8 holds it."""
-    return ({"name": name, "type": "image/png", "size": len(content), "content": memoryview(content), "last_modified": NOW},)
+    return ({"name": name, "type": "image/png", "size": len(content), "content": memoryview(content),
+             "last_modified": NOW},)
 
 
 def _value_v7(name: str, content: bytes) -> dict:
@@ -312,7 +320,8 @@ def _value_v7(name: str, content: bytes) -> dict:
 
 def _frontend_upload_v8(upload, name: str, content: bytes) -> None:
     """What JupyterLab's ipywidgets 8 front end sends for one chosen file (through the deserializer)."""
-    upload.set_state({"value": [{"name": name, "type": "image/png", "size": len(content), "content": memoryview(content), "last_modified": 1700000000000}]})
+    upload.set_state({"value": [{"name": name, "type": "image/png", "size": len(content),
+                                 "content": memoryview(content), "last_modified": 1700000000000}]})
 
 
 def test_uploaded_files_reads_both_widget_formats():
@@ -335,7 +344,8 @@ def test_vit_explorer_escapes_the_uploaded_file_name(small_vit, images):
     explorer = viz.ViTAttentionExplorer(small_vit, images)
     explorer.upload.value = _value_v8(EVIL_NAME, _encoded(Image.new("RGB", (40, 30), (250, 10, 10)), "PNG"))
     assert explorer.image_label == f"upload: {EVIL_NAME}"  # the plain text keeps the name
-    assert "<img" not in explorer.caption.value and "upload: &lt;img src=x onerror=alert(1)&gt;.png" in explorer.caption.value
+    assert ("<img" not in explorer.caption.value
+            and "upload: &lt;img src=x onerror=alert(1)&gt;.png" in explorer.caption.value)
     assert "<br>" in explorer.caption.value  # the caption's own line break stays markup
     explorer.upload.value = _value_v8(EVIL_NAME, b"not an image")
     assert explorer.caption.value.startswith("<b>upload failed:</b> &lt;img") and "<img" not in explorer.caption.value
@@ -345,10 +355,12 @@ def test_detr_explorer_escapes_class_names():
     from minivit.detr import build_tiny_detr
 
     torch.manual_seed(0)
-    model = build_tiny_detr(num_classes=2, num_queries=3, hidden_dim=32, num_heads=2, dim_feedforward=64, backbone_widths=(8, 16, 16, 16))
+    model = build_tiny_detr(num_classes=2, num_queries=3, hidden_dim=32, num_heads=2, dim_feedforward=64,
+                            backbone_widths=(8, 16, 16, 16))
     explorer = viz.DETRAttentionExplorer(model, torch.rand(1, 3, 64, 64), ["<b>x</b>", "y&z"], threshold=0.05)
     explorer.query.value = explorer.query.options[1][1]
-    assert "<b>x</b>" not in explorer.caption.value and ("&lt;b&gt;x&lt;/b&gt;" in explorer.caption.value or "y&amp;z" in explorer.caption.value)
+    assert "<b>x</b>" not in explorer.caption.value and (
+        "&lt;b&gt;x&lt;/b&gt;" in explorer.caption.value or "y&amp;z" in explorer.caption.value)
 
 
 def _png_header(width: int, height: int) -> bytes:
@@ -360,7 +372,8 @@ def _png_header(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(16))) + chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(16)))
+            + chunk(b"IEND", b""))
 
 
 def test_image_from_bytes_refuses_oversized_uploads():
@@ -388,8 +401,10 @@ def test_image_from_bytes_big_photos_fast_and_upright(big_uploads):
     image, seconds = best_of_three(lambda: viz.image_from_bytes(jpeg, 32))
     assert image.shape == (3, 32, 32) and image.dtype == torch.uint8
     # the plain way: decode every pixel, crop, resize (about 10x slower on a 12 MP photo)
-    full, plain = best_of_three(lambda: Image.open(io.BytesIO(jpeg)).convert("RGB").crop((504, 0, 3528, 3024)).resize((32, 32), Image.BICUBIC))
-    assert seconds < 0.5 * plain, f"{seconds * 1000:.0f} ms vs {plain * 1000:.0f} ms decoding every pixel: draft() unused?"
+    full, plain = best_of_three(
+        lambda: Image.open(io.BytesIO(jpeg)).convert("RGB").crop((504, 0, 3528, 3024)).resize((32, 32), Image.BICUBIC))
+    assert seconds < 0.5 * plain, (
+        f"{seconds * 1000:.0f} ms vs {plain * 1000:.0f} ms decoding every pixel: draft() unused?")
     assert np.abs(np.asarray(full).astype(int) - image.permute(1, 2, 0).numpy()).mean() < 2  # the same picture
     png, seconds = best_of_three(lambda: viz.image_from_bytes(big_uploads["screenshot.png"], 32))
     assert png.shape == (3, 32, 32) and seconds < 1.0
@@ -425,7 +440,8 @@ def test_vit_explorer_refuses_a_too_big_upload(small_vit, images, monkeypatch):
     before, label = explorer.picture.value, explorer.image_label
     monkeypatch.setattr(viz.widgets, "MAX_UPLOAD_BYTES", 1000)  # where image_from_bytes reads it
     explorer.upload.value = _value_v8("big.png", _encoded(_photo(100, 100, noise=64), "PNG"))
-    assert "upload failed:</b> big.png: the file is" in explorer.caption.value and "over the limit of 0.0 MB" in explorer.caption.value
+    assert ("upload failed:</b> big.png: the file is" in explorer.caption.value
+            and "over the limit of 0.0 MB" in explorer.caption.value)
     assert explorer.picture.value == before and explorer.image_label == label  # the current image stays
 
 

@@ -41,7 +41,8 @@ def _install_ipywidgets7() -> Path:
                "--no-deps", "--timeout", "20", "--retries", "1", "--target", str(partial), *PACKAGES]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-        errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")] or result.stderr.strip().splitlines()[-1:]
+        errors = ([line for line in result.stderr.splitlines() if line.startswith("ERROR")]
+                  or result.stderr.strip().splitlines()[-1:])
         failure = None if result.returncode == 0 else f"pip exited with {result.returncode}: " + " | ".join(errors)
     except subprocess.TimeoutExpired:
         failure = "pip took over 10 minutes"
@@ -66,13 +67,14 @@ def test_explorers_under_ipywidgets_7_7_1(tmp_path):
     installed = time.perf_counter()
     environment = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(folder), str(REPO)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])),
+        "PYTHONPATH": os.pathsep.join([str(folder), str(REPO)]
+                                      + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])),
         "IPYTHONDIR": str(tmp_path / "ipython"),  # the driver's IPython shell writes nothing to ~/.ipython
         "MPLBACKEND": "Agg",
         "OMP_NUM_THREADS": "1",
     }
-    result = subprocess.run([sys.executable, "-W", "ignore::DeprecationWarning", __file__], cwd=tmp_path, env=environment,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-W", "ignore::DeprecationWarning", __file__], cwd=tmp_path,
+                            env=environment, capture_output=True, text=True, timeout=300)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
     assert "ipywidgets 7.7.1: both explorers OK" in result.stdout, output[-6000:]
@@ -136,14 +138,15 @@ def drive() -> None:
     # --- the ViT explorer on the shipped checkpoint
     model, info = load_pretrained_cifar_vit()
     images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    explorer = viz.ViTAttentionExplorer(model, images, torch.tensor([0, 1, 2]), info.get("classes") or [str(i) for i in range(10)],
+    explorer = viz.ViTAttentionExplorer(model, images, torch.tensor([0, 1, 2]),
+                                        info.get("classes") or [str(i) for i in range(10)],
                                         preprocess=lambda batch: normalize(batch, info["mean"], info["std"]))
     timings["ViT explorer built"] = time.perf_counter() - start
     picture = explorer.picture.value
     assert picture[:4] == b"\x89PNG"
     # (rollout in the last layer: in layer 0 it is the head mean plus the identity, the same picture)
-    for widget, value in ((explorer.head, viz.HEAD_ROLLOUT), (explorer.layer, 0), (explorer.head, "head 1"), (explorer.col, 0),
-                          (explorer.query, viz.QUERY_CLASS_TOKEN), (explorer.image_picker, 2)):
+    for widget, value in ((explorer.head, viz.HEAD_ROLLOUT), (explorer.layer, 0), (explorer.head, "head 1"),
+                          (explorer.col, 0), (explorer.query, viz.QUERY_CLASS_TOKEN), (explorer.image_picker, 2)):
         widget.value = value
         assert explorer.picture.value != picture, f"setting {widget.description} to {value!r} did not redraw"
         picture = explorer.picture.value
@@ -153,7 +156,8 @@ def drive() -> None:
     def upload(name: str, content: bytes) -> None:
         """What ipywidgets 7's front end sends for one chosen file: counter, metadata, data (a buffer)."""
         metadata = [{"name": name, "type": "image/jpeg", "size": len(content), "lastModified": 1700000000000}]
-        explorer.upload.set_state({"_counter": explorer.upload._counter + 1, "metadata": metadata, "data": [memoryview(content)]})
+        explorer.upload.set_state({"_counter": explorer.upload._counter + 1, "metadata": metadata,
+                                   "data": [memoryview(content)]})
 
     photo = _photo_jpeg()
     assert len(photo) > 1.5e6, len(photo)
@@ -175,8 +179,10 @@ def drive() -> None:
 
     # --- the DETR explorer on a tiny DETR
     torch.manual_seed(0)
-    detr = build_tiny_detr(num_classes=3, num_queries=5, hidden_dim=32, num_heads=2, dim_feedforward=64, backbone_widths=(8, 16, 16, 16))
-    detr_explorer = viz.DETRAttentionExplorer(detr, torch.rand(2, 3, 64, 64), ["square", "circle", "<b>triangle</b>"], threshold=0.05)
+    detr = build_tiny_detr(num_classes=3, num_queries=5, hidden_dim=32, num_heads=2, dim_feedforward=64,
+                           backbone_widths=(8, 16, 16, 16))
+    detr_explorer = viz.DETRAttentionExplorer(detr, torch.rand(2, 3, 64, 64), ["square", "circle", "<b>triangle</b>"],
+                                              threshold=0.05)
     assert len(detr_explorer.query.options) == 6 and detr_explorer.query.value == viz.ALL_ABOVE_THRESHOLD
     picture = detr_explorer.picture.value
     detr_explorer.query.value = detr_explorer.query.options[1][1]
@@ -195,13 +201,15 @@ def drive() -> None:
     # --- display: the bundle ipywidgets 7.7.1's own _ipython_display_ publishes, with our text/plain
     display(explorer.widget)
     own = published[-1]
-    for name, widget in (("ViT attention explorer", explorer.widget), ("DETR attention explorer", detr_explorer.widget)):
+    for name, widget in (("ViT attention explorer", explorer.widget),
+                         ("DETR attention explorer", detr_explorer.widget)):
         viz.widgets._display_widget(widget, name)
         bundle = published[-1]
         assert bundle["text/plain"] == f"[{name}: run the notebook in JupyterLab or Colab to use it]", bundle
         assert bundle[viz.WIDGET_VIEW_MIMETYPE]["model_id"] == widget.model_id, bundle
     viz.widgets._display_widget(explorer.widget, "ViT attention explorer")
-    assert published[-1].keys() == own.keys() and published[-1][viz.WIDGET_VIEW_MIMETYPE] == own[viz.WIDGET_VIEW_MIMETYPE], (own, published[-1])
+    assert (published[-1].keys() == own.keys()
+            and published[-1][viz.WIDGET_VIEW_MIMETYPE] == own[viz.WIDGET_VIEW_MIMETYPE]), (own, published[-1])
     explorer.show()  # displays and prints the plain summary
     detr_explorer.show()
     timings["total"] = time.perf_counter() - start

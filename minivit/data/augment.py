@@ -67,7 +67,9 @@ def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
     """uint8 ``(B, C, H, W)`` -> float ``(x / 255 - mean) / std`` with per-channel statistics."""
     _check_images(images)
     if mean.numel() != images.shape[1] or std.numel() != images.shape[1]:
-        raise ValueError(f"mean/std have {mean.numel()}/{std.numel()} entries but images have {images.shape[1]} channels")
+        raise ValueError(
+            f"mean/std have {mean.numel()}/{std.numel()} entries but images have {images.shape[1]} channels"
+        )
     mean = mean.to(images.device, dtype).view(1, -1, 1, 1)
     std = std.to(images.device, dtype).view(1, -1, 1, 1)
     return (to_float(images, dtype) - mean) / std

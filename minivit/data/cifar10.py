@@ -118,7 +118,9 @@ def load_image_folder(
         images = list(decoded)
     shapes = {img.shape for img in images}
     if len(shapes) != 1:
-        raise ValueError(f"images under {root} have different sizes {sorted(shapes)[:4]}; resize them to one size first")
+        raise ValueError(
+            f"images under {root} have different sizes {sorted(shapes)[:4]}; resize them to one size first"
+        )
     stacked = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()  # (N, H, W, 3) -> (N, 3, H, W)
     source = f"{_encoding({p.suffix.lower() for p in files})} image folder ({display_path(root)})"
     return ImageSet(stacked, torch.tensor(labels, dtype=torch.int64), classes, source)
@@ -222,7 +224,10 @@ def _stale_reason(meta: dict | None, listing: dict | None, folder: Path, cache: 
     if listing is None:  # no image folder (any more): the cache is all there is, keep it
         return None
     if meta.get("origin") != "image-folder":
-        return f"the image folder {display_path(folder)} appeared after {display_path(cache)} was made from torchvision's copy"
+        return (
+            f"the image folder {display_path(folder)} appeared after {display_path(cache)} was made from "
+            "torchvision's copy"
+        )
     old = meta.get("listing", {})
     if old.get("sha1") == listing["sha1"]:
         return None

@@ -60,7 +60,8 @@ def _shape_mask(kind: str, x0: float, y0: float, size: float, image_size: int) -
 
 
 def _max_iou(box: np.ndarray, others: np.ndarray) -> float:
-    """Largest IoU between one xyxy box (4,) and earlier boxes (K, 4) (a placement check; minivit.boxes.box_iou does it in torch)."""
+    """Largest IoU between one xyxy box (4,) and earlier boxes (K, 4) (a placement check; minivit.boxes.box_iou
+    does it in torch)."""
     top_left = np.maximum(box[:2], others[:, :2])
     bottom_right = np.minimum(box[2:], others[:, 2:])
     inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=1)

@@ -80,7 +80,7 @@ def add_config_flags(parser: argparse.ArgumentParser, config_class: type[Config]
         options = dict(dest=item.name, default=argparse.SUPPRESS, help=help_text.replace("%", "%%"))
         if "metavar" in metadata:
             options["metavar"] = metadata["metavar"]
-        if "parse" in metadata and hint != bool:
+        if "parse" in metadata and hint is not bool:
             if bool in typing.get_args(hint):
                 group.add_argument(flag, action=_SwitchOrValue, parse=metadata["parse"], **options)
             else:
