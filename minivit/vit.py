@@ -42,7 +42,13 @@ def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     return patches.reshape(batch, rows * cols, patch_size * patch_size * channels)  # (B, N, P*P*C)
 
 
+def _check_patch_size(patch_size) -> None:
+    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
+        raise ValueError(f"patch_size must be a positive integer (pixels per patch side), got {patch_size!r}")
+
+
 def _check_image_batch(images: torch.Tensor, patch_size: int, in_channels: int | None = None) -> tuple[int, ...]:
+    _check_patch_size(patch_size)
     if images.dim() != 4:
         raise ValueError(f"expected a batch of images (B, C, H, W), got shape {tuple(images.shape)}")
     batch, channels, height, width = images.shape
@@ -64,6 +70,7 @@ class PatchEmbedding(nn.Module):
 
     def __init__(self, patch_size: int, in_channels: int, dim: int):
         super().__init__()
+        _check_patch_size(patch_size)
         self.patch_size, self.in_channels, self.dim = patch_size, in_channels, dim
         self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
 
