@@ -176,3 +176,48 @@ def test_torchvision_download_says_what_it_fetches_and_is_canonical(tmp_path, mo
     data = load_cifar10("test", root=tmp_path / "data")
     assert len(data) == 10 and data.source.startswith("CIFAR-10 as PNG image folder")
     assert "appeared after" in capsys.readouterr().out
+
+
+def _build_cache_in_child(root, barrier, log, results):
+    """One 'rank': wait for the other, then load (and maybe build) the cache; record every decode."""
+    import time
+
+    import minivit.data.cifar10 as cifar10
+
+    decode = cifar10._load_cifar10_uncached
+
+    def slow_logged_decode(*args, **kwargs):
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(0.5)  # widen the race window
+        return decode(*args, **kwargs)
+
+    cifar10._load_cifar10_uncached = slow_logged_decode
+    barrier.wait()
+    try:
+        data = cifar10.load_cifar10("test", root=root)
+        results.put(("ok", data.images.sum().item(), len(data)))
+    except BaseException as error:  # reported to the parent
+        results.put(("error", repr(error), 0))
+
+
+def test_two_processes_building_the_cache_at_once_build_it_once(tmp_path):
+    """Issue 13, finding 1: under torchrun every rank built the cache and raced on the rename."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # fork after other tests' threads can deadlock
+    make_image_folder(tmp_path / "cifar10" / "test", CIFAR10_CLASSES, per_class=2, size=32)
+    log = tmp_path / "decodes.log"
+    barrier, results = context.Barrier(2), context.Queue()
+    workers = [context.Process(target=_build_cache_in_child, args=(tmp_path, barrier, log, results))
+               for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    outcomes = [results.get(timeout=60) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=30)
+    assert all(status == "ok" for status, _, _ in outcomes), outcomes
+    assert outcomes[0][1:] == outcomes[1][1:] and outcomes[0][2] == 20
+    assert len(log.read_text().split()) == 1, "the cache was decoded by both processes"
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")) == \
+        ["cifar10_test.npz"]
