@@ -186,3 +186,42 @@ def test_export_onto_the_runs_own_files_is_refused(name, tmp_path, monkeypatch, 
                                      monkeypatch, capsys)
     assert "argument --export" in error and "one of the run's own files" in error
     assert (out / "last.pt").read_bytes() == b"the resumable checkpoint"
+
+
+def test_history_json_is_strict_json_with_null_for_nan_and_written_atomically(tmp_path, monkeypatch):
+    """Issue 13, finding 16: history.json held bare NaN (invalid JSON) and was written in place."""
+    import argparse
+    import os
+
+    import minivit.train.__main__ as cli
+    from minivit.devices import Stopwatch
+    from minivit.train.history import History
+
+    history = History()
+    history.append(train_loss=float("nan"), train_acc=0.1, test_loss=float("inf"), test_acc=0.25, lr=1e-3,
+                   seconds=1.0)
+    replaced = []
+    real_replace = os.replace
+
+    def recording_replace(source, target):
+        replaced.append((str(source), str(target)))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", recording_replace)
+    cli._write_summary(tmp_path, argparse.Namespace(export=None), "python -m minivit.train", "smoke", 1, history,
+                       "data", Stopwatch.start())
+
+    def no_constants(name):
+        raise AssertionError(f"history.json holds the non-JSON constant {name}")
+
+    summary = json.loads((tmp_path / "history.json").read_text(), parse_constant=no_constants)
+    assert summary["history"]["train_loss"] == [None] and summary["history"]["test_loss"] == [None]
+    assert summary["test_acc"] == 0.25
+    assert replaced == [(str(tmp_path / "history.json.tmp"), str(tmp_path / "history.json"))]
+
+
+def test_help_names_only_files_a_run_writes():
+    """Issue 13, finding 16: --help promised a final.pt that was never written."""
+    text = build_parser().format_help()
+    assert "final.pt" not in text
+    assert "last.pt, history.json" in " ".join(text.split())

@@ -261,13 +261,32 @@ def _write_summary(out: Path, args, command: str, profile: str, world_size: int,
     wall = clock.seconds
     summary = {"command": command, "profile": profile, "processes": world_size, "wall_seconds": wall,
                "test_acc": history.test_acc[-1], "data": data, "hardware": hardware(), "history": history.to_dict()}
-    (out / "history.json").write_text(json.dumps(summary, indent=1))
+    write_json_atomic(out / "history.json", summary)
     print(f"done: test accuracy {history.test_acc[-1]:.2%} on {data}, {wall / 60:.1f} min "
           f"wall-clock (with data loading) on {hardware()}")
     if args.export:
         export_checkpoint(out / "last.pt", args.export, command=command, test_acc=history.test_acc[-1],
                           wall_seconds=wall, hardware=hardware())
         print(f"exported {args.export}")
+
+
+def _finite_or_none(value):
+    """``value`` with every NaN/inf float replaced by None (JSON null), recursively."""
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(item) for item in value]
+    return value
+
+
+def write_json_atomic(path: Path, value) -> None:
+    """Write ``value`` as strict JSON (NaN/inf as null) to a temp file, then rename it over ``path``."""
+    text = json.dumps(_finite_or_none(value), indent=1, allow_nan=False)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def hardware() -> str:
