@@ -221,3 +221,30 @@ def test_two_processes_building_the_cache_at_once_build_it_once(tmp_path):
     assert len(log.read_text().split()) == 1, "the cache was decoded by both processes"
     assert sorted(p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")) == \
         ["cifar10_test.npz"]
+
+
+def test_corrupt_or_inconsistent_cache_names_the_file_and_says_delete_it(tmp_path):
+    """Issue 13, findings 10/13/14: a cache missing an array was a numpy KeyError; one whose images and
+    labels differ in length was accepted."""
+    make_image_folder(tmp_path / "cifar10" / "test", CIFAR10_CLASSES, per_class=2, size=32)
+    load_cifar10("test", root=tmp_path)
+    cache = tmp_path / "cache" / "cifar10_test.npz"
+    with np.load(cache) as arrays:
+        images, labels, meta = arrays["images"], arrays["labels"], arrays["meta"]
+    for broken in ({"images": images, "meta": meta}, {"images": images, "labels": labels[:-3], "meta": meta}):
+        np.savez(cache, **broken)
+        with pytest.raises(ValueError, match=r"cifar10_test\.npz is corrupt or incomplete.*delete it to rebuild"):
+            load_cifar10("test", root=tmp_path)
+
+
+def test_truncated_jpeg_names_the_file_and_resource_forks_are_skipped(tmp_path):
+    """Issue 13, findings 10/14: a truncated JPEG raised PIL's error without the file; a macOS ._0000.jpg
+    resource fork stopped the whole load."""
+    make_image_folder(tmp_path / "images", ["a", "b"], per_class=2, size=8, suffix=".jpg")
+    (tmp_path / "images" / "a" / "._0000.jpg").write_bytes(b"\x00\x05\x16\x07 Mac OS X resource fork")
+    data = load_image_folder(tmp_path / "images")
+    assert len(data) == 4
+    broken = tmp_path / "images" / "b" / "0001.jpg"
+    broken.write_bytes(broken.read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"cannot decode the image .*b/0001\.jpg.*damaged or truncated"):
+        load_image_folder(tmp_path / "images")

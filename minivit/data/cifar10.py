@@ -70,6 +70,11 @@ class ImageSet:
         return ImageSet(self.images[order], self.labels[order], self.classes, self.source)
 
 
+def _is_image_name(name: str) -> bool:
+    """An image file by its suffix; macOS resource forks (``._0000.jpg``, copied off a Mac) are not images."""
+    return name[name.rfind("."):].lower() in IMAGE_SUFFIXES and not name.startswith("._")
+
+
 def _image_files(root: Path, classes: tuple[str, ...]) -> tuple[list[Path], list[int]]:
     """The image files of ``root/<class>/`` in class order, sorted by name, and their labels."""
     files, labels = [], []
@@ -77,7 +82,7 @@ def _image_files(root: Path, classes: tuple[str, ...]) -> tuple[list[Path], list
         folder = root / name
         if not folder.is_dir():
             raise FileNotFoundError(f"class folder {folder} is missing (expected one folder per class: {classes})")
-        found = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        found = sorted(p for p in folder.iterdir() if _is_image_name(p.name))
         files += found
         labels += [index] * len(found)
     return files, labels
@@ -107,8 +112,12 @@ def load_image_folder(
         raise FileNotFoundError(f"no .jpg or .png images under {root}/<class>/")
 
     def decode(path: Path) -> np.ndarray:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))  # (H, W, 3) uint8
+        try:
+            with Image.open(path) as image:
+                return np.asarray(image.convert("RGB"))  # (H, W, 3) uint8
+        except (OSError, SyntaxError, ValueError) as error:  # truncated or not an image (PIL's errors)
+            raise ValueError(f"cannot decode the image {path} ({type(error).__name__}: {error}); the file is damaged "
+                             f"or truncated: replace it (re-download or re-extract the data) or delete it") from None
 
     with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL releases the GIL while decoding
         decoded = pool.map(decode, files)
@@ -142,7 +151,7 @@ def folder_listing(root: str | Path, classes: tuple[str, ...] = CIFAR10_CLASSES)
             lines.append(f"{name}/ missing")
             continue
         with os.scandir(folder) as entries:
-            found = sorted((e.name, e.stat()) for e in entries if e.name[e.name.rfind("."):].lower() in IMAGE_SUFFIXES)
+            found = sorted((e.name, e.stat()) for e in entries if _is_image_name(e.name))
         lines += [f"{name}/{file_name}\t{stat.st_size}\t{stat.st_mtime_ns}" for file_name, stat in found]
         sizes += [stat.st_size for _, stat in found]
         mtimes += [stat.st_mtime_ns for _, stat in found]
@@ -255,8 +264,14 @@ def _load_fresh_cache(cache: Path, listing: dict | None, folder: Path, root: Pat
         source = _image_folder_source(root / meta["folder"], meta["listing"]["encoding"])
     else:
         source = meta.get("source", CANONICAL_SOURCE)
-    with np.load(cache) as arrays:
-        images, labels = torch.from_numpy(arrays["images"]), torch.from_numpy(arrays["labels"])
+    try:
+        with np.load(cache) as arrays:
+            images, labels = torch.from_numpy(arrays["images"]), torch.from_numpy(arrays["labels"])
+        if images.dim() != 4 or images.shape[1] != 3 or labels.shape != images.shape[:1]:
+            raise ValueError(f"images {tuple(images.shape)} and labels {tuple(labels.shape)} do not agree")
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(f"the CIFAR-10 cache {cache} is corrupt or incomplete ({type(error).__name__}: {error}); "
+                         f"delete it to rebuild it from the data: rm {cache}") from None
     return ImageSet(images, labels, CIFAR10_CLASSES, source)
 
 
