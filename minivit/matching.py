@@ -192,7 +192,26 @@ def matching_cost(pred_logits, pred_boxes, target_labels, target_boxes, weights=
     return weights[0] * terms["class"] + weights[1] * terms["bbox"] + weights[2] * terms["giou"]
 
 
+def _check_outputs(outputs) -> None:
+    """``outputs`` must hold pred_logits (B, Q, C + 1) and pred_boxes (B, Q, 4) tensors of one batch, B >= 1."""
+    if not isinstance(outputs, dict) or not all(isinstance(outputs.get(k), torch.Tensor)
+                                                for k in ("pred_logits", "pred_boxes")):
+        got = sorted(outputs) if isinstance(outputs, dict) else type(outputs).__name__
+        raise TypeError(f"outputs must be a dict with tensors 'pred_logits' (B, Q, C + 1) and 'pred_boxes' "
+                        f"(B, Q, 4), as DETR returns; got {got}")
+    logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
+    if logits.dim() != 3 or boxes.dim() != 3 or boxes.shape[-1] != 4 or logits.shape[:2] != boxes.shape[:2]:
+        raise ValueError(f"outputs['pred_logits'] must be (B, Q, C + 1) and outputs['pred_boxes'] (B, Q, 4), got "
+                         f"{tuple(logits.shape)} and {tuple(boxes.shape)}")
+    if logits.shape[0] == 0 or logits.shape[1] == 0:
+        raise ValueError(f"outputs['pred_logits'] {tuple(logits.shape)} holds no images or no queries; "
+                         f"pass a batch of at least one image")
+
+
 def _check_targets(targets, num_queries: int) -> None:
+    if not isinstance(targets, (list, tuple)) or not all(isinstance(t, dict) for t in targets):
+        raise TypeError(f"targets must be a list of dicts (one per image) with 'labels' (T,) and 'boxes' (T, 4), "
+                        f"got {type(targets).__name__}")
     for index, target in enumerate(targets):
         if "labels" not in target or "boxes" not in target:
             raise ValueError(
@@ -286,9 +305,10 @@ class HungarianMatcher(nn.Module):
     def forward(self, outputs: dict, targets: list[dict], checked: bool = False
                 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``checked=True``: the targets' values were already checked (by :class:`SetCriterion`, once per call)."""
+        _check_outputs(outputs)
         batch, num_queries = outputs["pred_logits"].shape[:2]
         if len(targets) != batch:
-            raise ValueError(f"got {len(targets)} target dicts for a batch of {batch} images")
+            raise ValueError(f"targets: got {len(targets)} target dicts for a batch of {batch} images")
         _check_targets(targets, num_queries)
         if not checked:
             check_target_values(targets, outputs["pred_logits"].shape[-1] - 1)
@@ -373,11 +393,13 @@ class SetCriterion(nn.Module):
         return {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
 
     def forward(self, outputs: dict, targets: list[dict]) -> dict[str, torch.Tensor]:
+        for layer_outputs in [outputs] + list(outputs.get("aux_outputs", []) if isinstance(outputs, dict) else []):
+            _check_outputs(layer_outputs)
         if not isinstance(targets, (list, tuple)):
             raise TypeError(f"targets must be a list of dicts (one per image), got {type(targets).__name__}")
         logits = outputs["pred_logits"]
         if len(targets) != logits.shape[0]:
-            raise ValueError(f"got {len(targets)} target dicts for a batch of {logits.shape[0]} images")
+            raise ValueError(f"targets: got {len(targets)} target dicts for a batch of {logits.shape[0]} images")
         _check_targets(targets, logits.shape[1])
         check_target_values(targets, self.num_classes)  # once per call, one host sync, not once per layer
         num_boxes = max(sum(len(t["labels"]) for t in targets), 1)  # a batch without objects still trains
