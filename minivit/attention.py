@@ -45,22 +45,47 @@ def scaled_dot_product_attention(
         )
     scores = query @ key.transpose(-2, -1) / math.sqrt(query.shape[-1])  # (..., N, M)
     if attn_mask is not None:
+        check_mask_dtype(attn_mask, "attn_mask")
         if attn_mask.dtype == torch.bool:
             scores = scores.masked_fill(~attn_mask, float("-inf"))
         else:
             scores = scores + attn_mask
-    attn_weights = scores.softmax(dim=-1)
+        # A query that may attend to no key at all gets zero weights and a zero output, exactly as the
+        # fused kernel F.scaled_dot_product_attention returns (softmax over only -inf would be NaN).
+        # The row's scores are set to 0 first, so no NaN reaches the gradient either.
+        fully_masked = torch.isneginf(scores).all(dim=-1, keepdim=True)  # (..., N, 1)
+        scores = scores.masked_fill(fully_masked, 0.0)
+        attn_weights = scores.softmax(dim=-1).masked_fill(fully_masked, 0.0)
+    else:
+        attn_weights = scores.softmax(dim=-1)
     if dropout_p > 0.0:
         attn_weights = F.dropout(attn_weights, p=dropout_p)
     return attn_weights @ value, attn_weights  # (..., N, d_v), (..., N, M)
+
+
+def check_mask_dtype(mask: torch.Tensor, name: str) -> None:
+    """Refuse masks that are neither boolean nor floating point (an integer 0/1 mask is ambiguous)."""
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(mask).__name__}")
+    if mask.dtype != torch.bool and not mask.is_floating_point():
+        if name == "key_padding_mask":
+            hint = "pass a boolean mask, True = padding (e.g. mask.bool() for a 0/1 mask with 1 = padding)"
+        else:
+            hint = ("pass a boolean mask, True = may attend (e.g. mask.bool() for a 0/1 mask with 1 = may attend), "
+                    "or a float mask added to the scores (0 = keep, -inf = block)")
+        raise TypeError(f"{name} has dtype {mask.dtype}; integer masks are refused because a 0/1 mask would be "
+                        f"added to the scores as numbers and block nothing; {hint}")
 
 
 def merge_masks(
     attn_mask: torch.Tensor | None, key_padding_mask: torch.Tensor | None, num_keys: int
 ) -> torch.Tensor | None:
     """One boolean 'may attend' mask from an ``attn_mask`` and a ``key_padding_mask`` (either may be None)."""
+    if attn_mask is not None:
+        check_mask_dtype(attn_mask, "attn_mask")
     if key_padding_mask is None:
         return attn_mask
+    check_mask_dtype(key_padding_mask, "key_padding_mask")
     if key_padding_mask.dim() != 2 or key_padding_mask.shape[1] != num_keys:
         raise ValueError(f"key_padding_mask must be (B, {num_keys}), got {tuple(key_padding_mask.shape)}")
     keep = ~key_padding_mask.bool()[:, None, None, :]  # (B, 1, 1, M)

@@ -66,6 +66,11 @@ def _index(boxes: torch.Tensor, flat_index: int) -> str:
 def box_cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
     """(cx, cy, w, h) -> (x1, y1, x2, y2); shape (..., 4) is kept."""
     check_boxes(boxes, "cxcywh")
+    return _cxcywh_to_xyxy(boxes)
+
+
+def _cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
+    """:func:`box_cxcywh_to_xyxy` without the checks (no host sync), for inputs checked at the entry point."""
     cx, cy, w, h = boxes.unbind(-1)
     return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
 
@@ -129,6 +134,11 @@ def generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Ten
     (Rezatofighi et al., 2019). Unlike IoU it still says how far apart two disjoint boxes are.
     """
     _check_pair(boxes1, boxes2)
+    return _generalized_box_iou(boxes1, boxes2)
+
+
+def _generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """:func:`generalized_box_iou` without the checks (no host sync), for inputs checked at the entry point."""
     iou, union = _iou_and_union(boxes1, boxes2)  # (..., N, M) each
     boxes1, boxes2 = boxes1.unsqueeze(-2), boxes2.unsqueeze(-3)  # (..., N, 1, 4), (..., 1, M, 4)
     top_left = torch.min(boxes1[..., :2], boxes2[..., :2])  # (..., N, M, 2)

@@ -469,6 +469,12 @@ class DETR(nn.Module):
             )
         if not images.is_floating_point():
             raise ValueError(f"images must be floating point (normalized), got dtype {images.dtype}")
+        weight = next(self.parameters())
+        if images.dtype != weight.dtype and not torch.is_autocast_enabled(images.device.type):
+            raise TypeError(f"images have dtype {images.dtype} but the model's weights are {weight.dtype}; "
+                            f"use images.to({weight.dtype})")
+        if images.shape[0] == 0:
+            raise ValueError("images is an empty batch (0, 3, H, W); pass at least one image")
         stride = getattr(self.backbone, "stride", 1)
         if min(images.shape[-2:]) < stride:
             raise ValueError(
@@ -476,10 +482,11 @@ class DETR(nn.Module):
             )
         if mask is None:
             return images, torch.zeros(images.shape[0], *images.shape[-2:], dtype=torch.bool, device=images.device)
-        if mask.dtype != torch.bool or mask.shape != (images.shape[0], *images.shape[-2:]):
+        expected = (images.shape[0], *images.shape[-2:])
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != expected:
             raise ValueError(
                 f"mask must be a bool tensor (B, H, W) = {(images.shape[0], *images.shape[-2:])} with True = padding, "
-                f"got {mask.dtype} {tuple(mask.shape)}"
+                f"got {getattr(mask, 'dtype', type(mask).__name__)} {tuple(getattr(mask, 'shape', ()))}"
             )
         if bool(mask.flatten(1).all(dim=1).any()):
             raise ValueError("an image in the batch is all padding (its mask is True everywhere)")

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from minivit.boxes import box_cxcywh_to_xyxy, generalized_box_iou
+from minivit.boxes import _cxcywh_to_xyxy, _generalized_box_iou, box_cxcywh_to_xyxy, generalized_box_iou
 from minivit.devices import timed
 
 # ----------------------------------------------------------------------------- the assignment problem
@@ -40,12 +40,12 @@ def _as_cost_matrix(cost) -> np.ndarray:
     return cost
 
 
-def _check_finite(cost: np.ndarray, where: str = "the cost matrix") -> None:
+def _check_finite(cost: np.ndarray, where: str = "the cost matrix", detail: str = "") -> None:
     bad = ~np.isfinite(cost)
     if bad.any():
         row, col = np.argwhere(bad)[0]
         raise ValueError(
-            f"{where} has {int(bad.sum())} NaN/inf entries (first at row {row}, col {col}: {cost[row, col]}); "
+            f"{where} has {int(bad.sum())} NaN/inf entries (first at row {row}, col {col}: {cost[row, col]}){detail}; "
             f"a NaN cost usually means the model's outputs diverged (lower the learning rate, clip gradients)"
         )
 
@@ -164,31 +164,54 @@ def brute_force_assignment(cost) -> tuple[np.ndarray, np.ndarray]:
 # ----------------------------------------------------------------------------- DETR's matching cost
 
 
-def matching_cost_terms(pred_logits, pred_boxes, target_labels, target_boxes) -> dict[str, torch.Tensor]:
+def matching_cost_terms(pred_logits, pred_boxes, target_labels, target_boxes, checked: bool = False
+                        ) -> dict[str, torch.Tensor]:
     """The three unweighted cost matrices between Q predictions and T targets, each (Q, T).
 
     * ``class``: ``-p(target class)`` (softmax over the C + 1 logits);
     * ``bbox``:  L1 distance between the normalized cxcywh boxes;
     * ``giou``:  ``-GIoU`` of the boxes (in xyxy).
     Shapes: logits (Q, C + 1), boxes (Q, 4), labels (T,), target boxes (T, 4); or with a
-    leading batch dimension B on all four, giving (B, Q, T).
+    leading batch dimension B on all four, giving (B, Q, T). ``checked=True`` skips the box checks
+    (each one a host sync) for inputs the caller has already checked.
     """
     probs = pred_logits.softmax(-1)  # (..., Q, C + 1)
     labels = target_labels.unsqueeze(-2).expand(*probs.shape[:-1], target_labels.shape[-1])  # (..., Q, T)
+    to_xyxy, giou = (_cxcywh_to_xyxy, _generalized_box_iou) if checked else (box_cxcywh_to_xyxy, generalized_box_iou)
     return {
         "class": -probs.gather(-1, labels),  # (..., Q, T)
         "bbox": torch.cdist(pred_boxes, target_boxes.to(pred_boxes), p=1),  # (..., Q, T)
-        "giou": -generalized_box_iou(box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(target_boxes.to(pred_boxes))),
+        "giou": -giou(to_xyxy(pred_boxes), to_xyxy(target_boxes.to(pred_boxes))),
     }
 
 
-def matching_cost(pred_logits, pred_boxes, target_labels, target_boxes, weights=(1.0, 5.0, 2.0)) -> torch.Tensor:
+def matching_cost(pred_logits, pred_boxes, target_labels, target_boxes, weights=(1.0, 5.0, 2.0),
+                  checked: bool = False) -> torch.Tensor:
     """The weighted total cost ``w_class * class + w_bbox * L1 + w_giou * (-GIoU)``, (Q, T) or (B, Q, T)."""
-    terms = matching_cost_terms(pred_logits, pred_boxes, target_labels, target_boxes)
+    terms = matching_cost_terms(pred_logits, pred_boxes, target_labels, target_boxes, checked)
     return weights[0] * terms["class"] + weights[1] * terms["bbox"] + weights[2] * terms["giou"]
 
 
+def _check_outputs(outputs) -> None:
+    """``outputs`` must hold pred_logits (B, Q, C + 1) and pred_boxes (B, Q, 4) tensors of one batch, B >= 1."""
+    if not isinstance(outputs, dict) or not all(isinstance(outputs.get(k), torch.Tensor)
+                                                for k in ("pred_logits", "pred_boxes")):
+        got = sorted(outputs) if isinstance(outputs, dict) else type(outputs).__name__
+        raise TypeError(f"outputs must be a dict with tensors 'pred_logits' (B, Q, C + 1) and 'pred_boxes' "
+                        f"(B, Q, 4), as DETR returns; got {got}")
+    logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
+    if logits.dim() != 3 or boxes.dim() != 3 or boxes.shape[-1] != 4 or logits.shape[:2] != boxes.shape[:2]:
+        raise ValueError(f"outputs['pred_logits'] must be (B, Q, C + 1) and outputs['pred_boxes'] (B, Q, 4), got "
+                         f"{tuple(logits.shape)} and {tuple(boxes.shape)}")
+    if logits.shape[0] == 0 or logits.shape[1] == 0:
+        raise ValueError(f"outputs['pred_logits'] {tuple(logits.shape)} holds no images or no queries; "
+                         f"pass a batch of at least one image")
+
+
 def _check_targets(targets, num_queries: int) -> None:
+    if not isinstance(targets, (list, tuple)) or not all(isinstance(t, dict) for t in targets):
+        raise TypeError(f"targets must be a list of dicts (one per image) with 'labels' (T,) and 'boxes' (T, 4), "
+                        f"got {type(targets).__name__}")
     for index, target in enumerate(targets):
         if "labels" not in target or "boxes" not in target:
             raise ValueError(
@@ -205,6 +228,58 @@ def _check_targets(targets, num_queries: int) -> None:
                 f"targets[{index}] has {len(labels)} objects but the model predicts only {num_queries} queries; "
                 f"every object needs its own query: build the model with num_queries >= {len(labels)}"
             )
+
+
+def check_target_values(targets, num_classes: int) -> None:
+    """Check every target's labels and boxes, with one device -> host copy for the whole batch.
+
+    Labels must be integers in ``[0, num_classes)`` (``num_classes`` is the "no object" index, not a class);
+    boxes finite, normalized cxcywh with every coordinate in [0, 1] and non-negative width and height.
+    Raises one ValueError naming the first bad image and box and the fix. Shapes are checked
+    first by :func:`_check_targets`.
+    """
+    for index, target in enumerate(targets):
+        labels, boxes = target["labels"], target["boxes"]
+        if not isinstance(labels, torch.Tensor) or labels.dtype == torch.bool or labels.is_floating_point() \
+                or labels.is_complex():
+            what = labels.dtype if isinstance(labels, torch.Tensor) else type(labels).__name__
+            raise TypeError(f"targets[{index}]['labels'] must be an integer tensor of class indices, got {what}; "
+                            f"use torch.as_tensor(labels, dtype=torch.int64)")
+        if not isinstance(boxes, torch.Tensor) or not boxes.is_floating_point():
+            what = boxes.dtype if isinstance(boxes, torch.Tensor) else type(boxes).__name__
+            raise TypeError(f"targets[{index}]['boxes'] must be a floating-point tensor (T, 4) of normalized "
+                            f"cxcywh boxes, got {what}")
+    rows = [torch.cat([t["labels"].detach().reshape(-1, 1).to(t["boxes"].device, torch.float32),
+                       t["boxes"].detach().to(torch.float32)], dim=1) for t in targets if len(t["labels"])]
+    if not rows:
+        return
+    device = rows[0].device
+    table = torch.cat([row.to(device) for row in rows]).cpu().numpy()  # (sum T, 5): the only host sync
+    labels, boxes = table[:, 0], table[:, 1:]
+    with np.errstate(invalid="ignore"):
+        problems = [
+            (labels == num_classes, "has label {label:g} = num_classes, the 'no object' index, which is not a class; "
+                                    f"object classes are 0..{num_classes - 1}: drop the box or fix its label"),
+            ((labels < 0) | (labels > num_classes),
+             f"has label {{label:g}}, outside the classes 0..{num_classes - 1}; fix the label or build the model and "
+             f"SetCriterion with a larger num_classes"),
+            (~np.isfinite(boxes).all(axis=1), "box {box} contains NaN or inf; drop or repair the box"),
+            ((boxes[:, 2:] < 0).any(axis=1), "box {box} has a negative width or height; boxes must be cxcywh "
+                                             "(centre x, centre y, width, height), convert xyxy with "
+                                             "minivit.boxes.box_xyxy_to_cxcywh"),
+            (((boxes < 0) | (boxes > 1)).any(axis=1),
+             "box {box} is not normalized: every cxcywh coordinate must be in [0, 1] (fractions of the image); "
+             "boxes in pixels must be divided by the image width and height (minivit.boxes.normalize_boxes)"),
+        ]
+    starts = np.cumsum([0] + [len(t["labels"]) for t in targets])
+    for bad, message in problems:
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            image = int(np.searchsorted(starts, row, side="right") - 1)
+            box_index = row - int(starts[image])
+            text = message.format(label=labels[row], box=[round(float(x), 4) for x in boxes[row]])
+            raise ValueError(f"targets[{image}] object {box_index} (labels[{box_index}], boxes[{box_index}]) {text} "
+                             f"({int(bad.sum())} bad object(s) in this batch)")
 
 
 class HungarianMatcher(nn.Module):
@@ -227,11 +302,16 @@ class HungarianMatcher(nn.Module):
         self.solve = linear_sum_assignment if solver == "scipy" else hungarian
 
     @torch.no_grad()
-    def forward(self, outputs: dict, targets: list[dict]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def forward(self, outputs: dict, targets: list[dict], checked: bool = False
+                ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``checked=True``: the targets' values were already checked (by :class:`SetCriterion`, once per call)."""
+        _check_outputs(outputs)
         batch, num_queries = outputs["pred_logits"].shape[:2]
         if len(targets) != batch:
-            raise ValueError(f"got {len(targets)} target dicts for a batch of {batch} images")
+            raise ValueError(f"targets: got {len(targets)} target dicts for a batch of {batch} images")
         _check_targets(targets, num_queries)
+        if not checked:
+            check_target_values(targets, outputs["pred_logits"].shape[-1] - 1)
         sizes = [len(t["labels"]) for t in targets]
         empty = torch.zeros(0, dtype=torch.int64)
         if max(sizes, default=0) == 0:
@@ -245,13 +325,20 @@ class HungarianMatcher(nn.Module):
             labels[image, : sizes[image]] = target["labels"]
             boxes[image, : sizes[image]] = target["boxes"]
         weights = (self.cost_class, self.cost_bbox, self.cost_giou)
-        cost = matching_cost(logits, pred_boxes, labels, boxes, weights).cpu().numpy()  # (B, Q, T_max)
+        cost = matching_cost(logits, pred_boxes, labels, boxes, weights, checked=True)  # (B, Q, T_max)
+        cost = cost.cpu().numpy()  # one host sync; NaN predictions are caught in the finite check below
         indices = []
         for image, size in enumerate(sizes):
             if size == 0:
                 indices.append((empty, empty))
                 continue
-            _check_finite(cost[image, :, :size], f"the matching cost of image {image}")
+            if not np.isfinite(cost[image, :, :size]).all():  # the error path: locate the bad output
+                detail = ""
+                for key in ("pred_logits", "pred_boxes"):
+                    bad = ~torch.isfinite(outputs[key][image].detach()).all(dim=-1)
+                    if bad.any():
+                        detail += f"; outputs['{key}'][{image}, {int(bad.nonzero()[0, 0])}] contains NaN or inf"
+                _check_finite(cost[image, :, :size], f"the matching cost of image {image}", detail)
             rows, cols = self.solve(cost[image, :, :size])
             indices.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
         return indices
@@ -288,7 +375,7 @@ class SetCriterion(nn.Module):
             raise ValueError(
                 f"pred_logits has {logits.shape[-1]} classes, expected num_classes + 1 = {self.num_classes + 1}"
             )
-        indices = self.matcher(outputs, targets)
+        indices = self.matcher(outputs, targets, checked=True)
         image_index = torch.cat([torch.full_like(query, image) for image, (query, _) in enumerate(indices)])
         query_index = torch.cat([query for query, _ in indices])
         target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
@@ -299,11 +386,22 @@ class SetCriterion(nn.Module):
         matched_pred = pred_boxes[image_index, query_index]  # (sum T, 4)
         matched_target = torch.cat([t["boxes"][target] for t, (_, target) in zip(targets, indices)]).to(pred_boxes)
         loss_bbox = F.l1_loss(matched_pred, matched_target, reduction="sum") / num_boxes
-        giou = torch.diag(generalized_box_iou(box_cxcywh_to_xyxy(matched_pred), box_cxcywh_to_xyxy(matched_target)))
+        # Unchecked box helpers: the targets were checked at the entry, matched predictions passed the matcher's
+        # finite check; a check here would cost host syncs in every training step.
+        giou = torch.diag(_generalized_box_iou(_cxcywh_to_xyxy(matched_pred), _cxcywh_to_xyxy(matched_target)))
         loss_giou = (1 - giou).sum() / num_boxes
         return {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
 
     def forward(self, outputs: dict, targets: list[dict]) -> dict[str, torch.Tensor]:
+        for layer_outputs in [outputs] + list(outputs.get("aux_outputs", []) if isinstance(outputs, dict) else []):
+            _check_outputs(layer_outputs)
+        if not isinstance(targets, (list, tuple)):
+            raise TypeError(f"targets must be a list of dicts (one per image), got {type(targets).__name__}")
+        logits = outputs["pred_logits"]
+        if len(targets) != logits.shape[0]:
+            raise ValueError(f"targets: got {len(targets)} target dicts for a batch of {logits.shape[0]} images")
+        _check_targets(targets, logits.shape[1])
+        check_target_values(targets, self.num_classes)  # once per call, one host sync, not once per layer
         num_boxes = max(sum(len(t["labels"]) for t in targets), 1)  # a batch without objects still trains
         layers = [outputs] + list(outputs.get("aux_outputs", []))  # last decoder layer first, then the earlier ones
         losses, total = {}, 0.0

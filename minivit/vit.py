@@ -42,7 +42,28 @@ def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     return patches.reshape(batch, rows * cols, patch_size * patch_size * channels)  # (B, N, P*P*C)
 
 
+def _check_patch_size(patch_size) -> None:
+    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
+        raise ValueError(f"patch_size must be a positive integer (pixels per patch side), got {patch_size!r}")
+
+
+def _check_model_input(images, weight: torch.Tensor) -> None:
+    """Images for a model: a floating-point tensor of the model's dtype (autocast may mix them)."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor (B, C, H, W), got {type(images).__name__}; "
+                        f"use torch.as_tensor(images)")
+    if not images.is_floating_point():
+        raise TypeError(f"images must be a floating-point tensor, got {images.dtype}; convert uint8 pixels with "
+                        f"minivit.data.augment.to_float(images) (and normalize them as in training)")
+    if images.dtype != weight.dtype and not torch.is_autocast_enabled(images.device.type):
+        raise TypeError(f"images have dtype {images.dtype} but the model's weights are {weight.dtype}; "
+                        f"use images.to({weight.dtype}) (or model.to({images.dtype}))")
+
+
 def _check_image_batch(images: torch.Tensor, patch_size: int, in_channels: int | None = None) -> tuple[int, ...]:
+    _check_patch_size(patch_size)
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor (B, C, H, W), got {type(images).__name__}")
     if images.dim() != 4:
         raise ValueError(f"expected a batch of images (B, C, H, W), got shape {tuple(images.shape)}")
     batch, channels, height, width = images.shape
@@ -64,11 +85,13 @@ class PatchEmbedding(nn.Module):
 
     def __init__(self, patch_size: int, in_channels: int, dim: int):
         super().__init__()
+        _check_patch_size(patch_size)
         self.patch_size, self.in_channels, self.dim = patch_size, in_channels, dim
         self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         _check_image_batch(images, self.patch_size, self.in_channels)
+        _check_model_input(images, self.proj.weight)
         tokens = self.proj(images)  # (B, D, H/P, W/P)
         return tokens.flatten(2).transpose(1, 2)  # (B, N, D), patches row by row
 
@@ -177,6 +200,7 @@ class ViT(nn.Module):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> input tokens of the encoder (B, T, D)."""
         _check_image_batch(images, self.patch_size, self.patch_embed.in_channels)
+        _check_model_input(images, self.patch_embed.proj.weight)
         height, width = images.shape[-2:]
         if (height, width) != (self.image_size, self.image_size) and not self.dynamic_size:
             raise ValueError(

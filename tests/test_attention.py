@@ -106,3 +106,48 @@ def test_bad_inputs_raise_clear_errors():
         mha(torch.zeros(1, 3, 6))
     with pytest.raises(ValueError, match="key_padding_mask must be"):
         mha(torch.zeros(1, 3, 8), key_padding_mask=torch.zeros(1, 4, dtype=torch.bool))
+
+
+def test_fully_masked_rows_give_zeros_on_both_paths_like_the_fused_kernel():
+    """Issue 13, findings 7 and 13: a query that may attend to nothing gets a zero output and zero weights
+    (what F.scaled_dot_product_attention returns), not NaN, on the weight-returning path too."""
+    q, k, v = random_qkv(queries=4, keys=5)
+    allowed = torch.ones(4, 5, dtype=torch.bool)
+    allowed[2] = False  # query 2 may attend to no key
+    additive = torch.zeros(4, 5).masked_fill(~allowed, float("-inf"))
+    for mask in (allowed, additive):
+        fused = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out, weights = scaled_dot_product_attention(q, k, v, mask)
+        assert torch.isfinite(out).all() and torch.isfinite(weights).all()
+        torch.testing.assert_close(out, fused)
+        assert torch.equal(out[:, :, 2], torch.zeros_like(out[:, :, 2]))
+        assert torch.equal(weights[:, :, 2], torch.zeros_like(weights[:, :, 2]))
+        torch.testing.assert_close(weights[:, :, [0, 1, 3]].sum(-1), torch.ones(2, 3, 3))
+    q.requires_grad_(True)
+    scaled_dot_product_attention(q, k, v, allowed)[0].sum().backward()
+    assert torch.isfinite(q.grad).all()
+
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(8, 2).eval()
+    x = torch.randn(2, 3, 8)
+    padding = torch.tensor([[True, True, True], [False, True, False]])  # image 0: every key is padding
+    out_weights, weights = mha(x, key_padding_mask=padding, need_weights=True)
+    out_fused, _ = mha(x, key_padding_mask=padding, need_weights=False)
+    assert torch.isfinite(out_weights).all() and torch.isfinite(weights).all()
+    torch.testing.assert_close(out_weights, out_fused)
+    assert torch.equal(weights[0], torch.zeros_like(weights[0]))
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8])
+def test_integer_masks_are_refused_with_a_message(dtype):
+    """Issue 13: an integer 0/1 mask used to be added to the scores (masked keys kept weight)."""
+    q, k, v = random_qkv(queries=3, keys=3)
+    mask = torch.ones(3, 3, dtype=dtype).tril()
+    with pytest.raises(TypeError, match=r"attn_mask.*mask\.bool\(\)"):
+        scaled_dot_product_attention(q, k, v, mask)
+    mha = MultiHeadAttention(8, 2)
+    for need_weights in (False, True):
+        with pytest.raises(TypeError, match=r"attn_mask.*mask\.bool\(\)"):
+            mha(torch.zeros(1, 3, 8), attn_mask=mask, need_weights=need_weights)
+        with pytest.raises(TypeError, match=r"key_padding_mask.*mask\.bool\(\)"):
+            mha(torch.zeros(1, 3, 8), key_padding_mask=torch.zeros(1, 3, dtype=dtype), need_weights=need_weights)

@@ -238,3 +238,13 @@ def test_the_shipped_checkpoints_are_of_the_current_format_and_keep_every_record
                                                                 "num_queries": 10, "hidden_dim": 64,
                                                                 "dim_feedforward": 128, "backbone": "small_conv",
                                                                 "backbone_widths": (16, 32, 64)})
+
+
+def test_a_text_file_as_a_checkpoint_names_the_file_and_the_fix(tmp_path):
+    """Issue 13, findings 10/14: the message named the file but not what to do."""
+    from minivit.train import load_checkpoint
+
+    path = tmp_path / "notes.pt"
+    path.write_text("these are my notes, not weights\n")
+    with pytest.raises(ValueError, match=r"notes\.pt is not a checkpoint.*delete it and resume from the previous"):
+        load_checkpoint(path)

@@ -176,3 +176,75 @@ def test_torchvision_download_says_what_it_fetches_and_is_canonical(tmp_path, mo
     data = load_cifar10("test", root=tmp_path / "data")
     assert len(data) == 10 and data.source.startswith("CIFAR-10 as PNG image folder")
     assert "appeared after" in capsys.readouterr().out
+
+
+def _build_cache_in_child(root, barrier, log, results):
+    """One 'rank': wait for the other, then load (and maybe build) the cache; record every decode."""
+    import time
+
+    import minivit.data.cifar10 as cifar10
+
+    decode = cifar10._load_cifar10_uncached
+
+    def slow_logged_decode(*args, **kwargs):
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(0.5)  # widen the race window
+        return decode(*args, **kwargs)
+
+    cifar10._load_cifar10_uncached = slow_logged_decode
+    barrier.wait()
+    try:
+        data = cifar10.load_cifar10("test", root=root)
+        results.put(("ok", data.images.sum().item(), len(data)))
+    except BaseException as error:  # reported to the parent
+        results.put(("error", repr(error), 0))
+
+
+def test_two_processes_building_the_cache_at_once_build_it_once(tmp_path):
+    """Issue 13, finding 1: under torchrun every rank built the cache and raced on the rename."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # fork after other tests' threads can deadlock
+    make_image_folder(tmp_path / "cifar10" / "test", CIFAR10_CLASSES, per_class=2, size=32)
+    log = tmp_path / "decodes.log"
+    barrier, results = context.Barrier(2), context.Queue()
+    workers = [context.Process(target=_build_cache_in_child, args=(tmp_path, barrier, log, results))
+               for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    outcomes = [results.get(timeout=60) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=30)
+    assert all(status == "ok" for status, _, _ in outcomes), outcomes
+    assert outcomes[0][1:] == outcomes[1][1:] and outcomes[0][2] == 20
+    assert len(log.read_text().split()) == 1, "the cache was decoded by both processes"
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")) == \
+        ["cifar10_test.npz"]
+
+
+def test_corrupt_or_inconsistent_cache_names_the_file_and_says_delete_it(tmp_path):
+    """Issue 13, findings 10/13/14: a cache missing an array was a numpy KeyError; one whose images and
+    labels differ in length was accepted."""
+    make_image_folder(tmp_path / "cifar10" / "test", CIFAR10_CLASSES, per_class=2, size=32)
+    load_cifar10("test", root=tmp_path)
+    cache = tmp_path / "cache" / "cifar10_test.npz"
+    with np.load(cache) as arrays:
+        images, labels, meta = arrays["images"], arrays["labels"], arrays["meta"]
+    for broken in ({"images": images, "meta": meta}, {"images": images, "labels": labels[:-3], "meta": meta}):
+        np.savez(cache, **broken)
+        with pytest.raises(ValueError, match=r"cifar10_test\.npz is corrupt or incomplete.*delete it to rebuild"):
+            load_cifar10("test", root=tmp_path)
+
+
+def test_truncated_jpeg_names_the_file_and_resource_forks_are_skipped(tmp_path):
+    """Issue 13, findings 10/14: a truncated JPEG raised PIL's error without the file; a macOS ._0000.jpg
+    resource fork stopped the whole load."""
+    make_image_folder(tmp_path / "images", ["a", "b"], per_class=2, size=8, suffix=".jpg")
+    (tmp_path / "images" / "a" / "._0000.jpg").write_bytes(b"\x00\x05\x16\x07 Mac OS X resource fork")
+    data = load_image_folder(tmp_path / "images")
+    assert len(data) == 4
+    broken = tmp_path / "images" / "b" / "0001.jpg"
+    broken.write_bytes(broken.read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"cannot decode the image .*b/0001\.jpg.*damaged or truncated"):
+        load_image_folder(tmp_path / "images")

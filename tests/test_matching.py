@@ -262,3 +262,75 @@ def test_criterion_rejects_wrong_number_of_classes():
     outputs, targets = random_batch(generator)
     with pytest.raises(ValueError, match="num_classes"):
         SetCriterion(num_classes=7)(outputs, targets)
+
+
+def _one_bad_target(label=1, box=(0.5, 0.5, 0.2, 0.2)):
+    """Three images; image 2's object 1 carries the given label and box, everything else is valid."""
+    good = torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.6, 0.6, 0.3, 0.1]])
+    targets = [{"labels": torch.tensor([0, 1]), "boxes": good.clone()},
+               {"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)},
+               {"labels": torch.tensor([2, label]), "boxes": torch.stack([good[0], torch.tensor(box)])}]
+    generator = torch.Generator().manual_seed(8)
+    outputs = {"pred_logits": torch.randn(3, 5, 5, generator=generator),
+               "pred_boxes": torch.rand(3, 5, 4, generator=generator) * 0.5 + 0.25}
+    return outputs, targets
+
+
+@pytest.mark.parametrize("label, box, message", [
+    (4, (0.5, 0.5, 0.2, 0.2), "'no object' index"),
+    (7, (0.5, 0.5, 0.2, 0.2), "outside the classes 0..3"),
+    (-1, (0.5, 0.5, 0.2, 0.2), "outside the classes 0..3"),
+    (1, (120.0, 80.0, 40.0, 30.0), "not normalized.*pixels"),
+    (1, (0.5, 0.5, -0.2, 0.2), "negative width"),
+    (1, (0.5, float("nan"), 0.2, 0.2), "NaN"),
+    (1, (0.5, 0.5, float("inf"), 0.2), "NaN or inf"),
+])
+def test_bad_detr_targets_are_refused_naming_image_and_box(label, box, message):
+    """Issue 13, finding 8: these trained silently (or failed deep inside) before."""
+    outputs, targets = _one_bad_target(label, box)
+    outputs["aux_outputs"] = [{k: v.clone() for k, v in outputs.items()}]
+    for call in (lambda: SetCriterion(num_classes=4)(outputs, targets), lambda: HungarianMatcher()(outputs, targets)):
+        with pytest.raises(ValueError, match=rf"targets\[2\] object 1 .*{message}"):
+            call()
+
+
+def test_target_label_dtype_is_checked():
+    outputs, targets = _one_bad_target()
+    targets[0]["labels"] = targets[0]["labels"].float()
+    with pytest.raises(TypeError, match=r"targets\[0\]\['labels'\] must be an integer tensor"):
+        SetCriterion(num_classes=4)(outputs, targets)
+
+
+def test_set_criterion_host_syncs_one_for_the_targets_plus_one_per_decoder_layer():
+    """Target checks happen once per call, with one host copy; the box helpers inside the loss do not sync.
+
+    Before: 51 syncs for a 3-layer call (16 scalar reads per layer in box checks + 3 cost copies)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountScalarReads(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func._schema.name.split("::")[-1] in ("_local_scalar_dense", "nonzero", "masked_select"):
+                CountScalarReads.count += 1
+            return func(*args, **(kwargs or {}))
+
+    outputs, targets = _one_bad_target()
+    outputs["aux_outputs"] = [{k: v.clone() for k, v in outputs.items()} for _ in range(2)]
+    copies = []
+    original_cpu = torch.Tensor.cpu
+
+    def counting_cpu(self, *args, **kwargs):
+        copies.append(1)
+        return original_cpu(self, *args, **kwargs)
+
+    criterion = SetCriterion(num_classes=4)
+    torch.Tensor.cpu = counting_cpu
+    try:
+        with CountScalarReads():
+            losses = criterion(outputs, targets)
+    finally:
+        torch.Tensor.cpu = original_cpu
+    assert torch.isfinite(losses["loss"])
+    assert CountScalarReads.count == 0
+    assert len(copies) == 1 + 3  # the target check, then one cost matrix per decoder layer

@@ -394,3 +394,14 @@ def test_divergence_stops_at_the_first_nan_loss_and_keeps_the_last_good_checkpoi
     assert checkpoint["meta"]["epoch"] == 1  # the last good epoch; nothing written after the divergence
     assert all(torch.isfinite(t).all() for t in checkpoint["model"].values() if t.is_floating_point())
     assert not all(torch.isfinite(p).all() for p in model.parameters())  # the NaN reached the weights in memory
+
+
+def test_stray_temp_files_of_interrupted_writes_are_removed_at_the_next_start(tmp_path, capsys):
+    """Issue 13, finding 16: .tmp files of interrupted writes were left behind for ever."""
+    (tmp_path / "last.pt.tmp").write_bytes(b"half a checkpoint")
+    (tmp_path / "history.json.tmp").write_text('{"half":')
+    (tmp_path / "notes.tmp").write_text("the user's own file")  # not ours: kept
+    fit(tiny_vit(), TRAIN, TEST, CONFIG.replace(epochs=1), checkpoint_dir=tmp_path, **OPTIONS)
+    assert not (tmp_path / "last.pt.tmp").exists() and not (tmp_path / "history.json.tmp").exists()
+    assert (tmp_path / "notes.tmp").exists() and (tmp_path / "last.pt").is_file()
+    assert "removed 2 temp file(s) of an interrupted write" in capsys.readouterr().out

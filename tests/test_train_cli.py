@@ -119,3 +119,109 @@ def test_divergence_ends_the_command_with_the_message(tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "fit", diverging_fit)
     with pytest.raises(SystemExit, match="error: training diverged: the loss is nan at epoch 1/1, step 2/4"):
         main(["--profile", "smoke", "--out", str(tmp_path), "--train-limit", "100", "--test-limit", "50"])
+
+
+def _refused_before_training(argv, monkeypatch, capsys):
+    """main(argv) must stop with an argparse error before loading any data; returns the error text."""
+    import minivit.data
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data was loaded before the output paths were checked")
+
+    monkeypatch.setattr(minivit.data, "load_cifar10", no_data)
+    with pytest.raises(SystemExit) as caught:
+        main(["--profile", "smoke", "--train-limit", "100", "--test-limit", "50", *argv])
+    assert caught.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_out_that_is_a_file_or_unwritable_stops_before_training(tmp_path, monkeypatch, capsys):
+    """Issue 13, finding 9: these failed only after the whole run."""
+    import minivit.train.__main__ as cli
+
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    error = _refused_before_training(["--out", str(a_file)], monkeypatch, capsys)
+    assert "argument --out" in error and "is not a folder" in error
+    error = _refused_before_training(["--out", str(a_file / "run")], monkeypatch, capsys)
+    assert "argument --out" in error and str(a_file / "run") in error
+
+    def read_only(folder):  # chmod does not stop root, so a read-only folder is simulated
+        raise PermissionError(13, "Permission denied", str(folder))
+
+    monkeypatch.setattr(cli, "_probe_writable", read_only)
+    error = _refused_before_training(["--out", str(tmp_path / "ro")], monkeypatch, capsys)
+    assert "argument --out: cannot write into the folder" in error and "Permission denied" in error
+
+
+def test_export_into_a_missing_or_unwritable_folder_stops_before_training(tmp_path, monkeypatch, capsys):
+    import minivit.train.__main__ as cli
+
+    missing = tmp_path / "nowhere" / "model.pt"
+    error = _refused_before_training(["--out", str(tmp_path / "run"), "--export", str(missing)], monkeypatch, capsys)
+    assert "argument --export" in error and "does not exist" in error and str(missing.parent) in error
+    error = _refused_before_training(["--out", str(tmp_path / "run"), "--export", str(tmp_path)], monkeypatch, capsys)
+    assert "argument --export" in error and "is a folder" in error
+    real_probe = cli._probe_writable
+
+    def export_folder_read_only(folder):
+        if folder == tmp_path / "ro":
+            raise PermissionError(13, "Permission denied", str(folder))
+        real_probe(folder)
+
+    (tmp_path / "ro").mkdir()
+    monkeypatch.setattr(cli, "_probe_writable", export_folder_read_only)
+    error = _refused_before_training(["--out", str(tmp_path / "run"), "--export", str(tmp_path / "ro" / "m.pt")],
+                                     monkeypatch, capsys)
+    assert "argument --export: cannot write into the folder" in error
+
+
+@pytest.mark.parametrize("name", ["last.pt", "history.json", "last.pt.tmp"])
+def test_export_onto_the_runs_own_files_is_refused(name, tmp_path, monkeypatch, capsys):
+    """Issue 13, finding 11: --export OUT/last.pt overwrote the resumable checkpoint with the slim export."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"the resumable checkpoint")
+    error = _refused_before_training(["--out", str(out), "--export", str(out / "sub" / ".." / name)],
+                                     monkeypatch, capsys)
+    assert "argument --export" in error and "one of the run's own files" in error
+    assert (out / "last.pt").read_bytes() == b"the resumable checkpoint"
+
+
+def test_history_json_is_strict_json_with_null_for_nan_and_written_atomically(tmp_path, monkeypatch):
+    """Issue 13, finding 16: history.json held bare NaN (invalid JSON) and was written in place."""
+    import argparse
+    import os
+
+    import minivit.train.__main__ as cli
+    from minivit.devices import Stopwatch
+    from minivit.train.history import History
+
+    history = History()
+    history.append(train_loss=float("nan"), train_acc=0.1, test_loss=float("inf"), test_acc=0.25, lr=1e-3,
+                   seconds=1.0)
+    replaced = []
+    real_replace = os.replace
+
+    def recording_replace(source, target):
+        replaced.append((str(source), str(target)))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", recording_replace)
+    cli._write_summary(tmp_path, argparse.Namespace(export=None), "python -m minivit.train", "smoke", 1, history,
+                       "data", Stopwatch.start())
+
+    def no_constants(name):
+        raise AssertionError(f"history.json holds the non-JSON constant {name}")
+
+    summary = json.loads((tmp_path / "history.json").read_text(), parse_constant=no_constants)
+    assert summary["history"]["train_loss"] == [None] and summary["history"]["test_loss"] == [None]
+    assert summary["test_acc"] == 0.25
+    assert replaced == [(str(tmp_path / "history.json.tmp"), str(tmp_path / "history.json"))]
+
+
+def test_help_names_only_files_a_run_writes():
+    """Issue 13, finding 16: --help promised a final.pt that was never written."""
+    text = build_parser().format_help()
+    assert "final.pt" not in text
+    assert "last.pt, history.json" in " ".join(text.split())

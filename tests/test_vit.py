@@ -206,3 +206,14 @@ def test_bad_images_give_clear_errors():
 def test_named_configs_build():
     model = build_vit("vit_cifar_small")
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, CONFIGS["vit_cifar_small"]["num_classes"])
+
+
+@pytest.mark.parametrize("patch_size", [0, -2])
+def test_patch_size_zero_or_negative_is_a_clear_value_error(patch_size):
+    """Issue 13: patch_size=0 raised ZeroDivisionError from deep inside."""
+    from minivit.vit import PatchEmbedding, patchify
+
+    with pytest.raises(ValueError, match="patch_size must be a positive integer"):
+        patchify(torch.zeros(1, 3, 8, 8), patch_size)
+    with pytest.raises(ValueError, match="patch_size must be a positive integer"):
+        PatchEmbedding(patch_size, 3, 8)

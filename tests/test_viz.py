@@ -472,3 +472,14 @@ def test_display_widget_bundle(small_vit, images, monkeypatch):
     assert bundle == {"text/plain": "[old: run the notebook in JupyterLab or Colab to use it]",
                       viz.WIDGET_VIEW_MIMETYPE: {"version_major": 2, "version_minor": 0, "model_id": "abc123"}}
     assert old.displayed == 1
+
+
+def test_detr_explorer_with_too_few_class_names_is_a_clear_error():
+    """Issue 13, finding 14: fewer class names than classes gave an IndexError from a callback."""
+    from minivit.detr import build_tiny_detr
+
+    torch.manual_seed(0)
+    model = build_tiny_detr(num_classes=3, num_queries=5, hidden_dim=32, num_heads=2, dim_feedforward=64,
+                            backbone_widths=(8, 16, 16, 16))
+    with pytest.raises(ValueError, match="class_names has 2 names but the model predicts 3 classes"):
+        viz.DETRAttentionExplorer(model, torch.rand(2, 3, 64, 64), ["square", "circle"], threshold=0.05)

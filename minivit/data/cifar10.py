@@ -14,9 +14,11 @@ dates of the files): when the folder changes, the next load decodes it again.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import uuid
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -68,6 +70,11 @@ class ImageSet:
         return ImageSet(self.images[order], self.labels[order], self.classes, self.source)
 
 
+def _is_image_name(name: str) -> bool:
+    """An image file by its suffix; macOS resource forks (``._0000.jpg``, copied off a Mac) are not images."""
+    return name[name.rfind("."):].lower() in IMAGE_SUFFIXES and not name.startswith("._")
+
+
 def _image_files(root: Path, classes: tuple[str, ...]) -> tuple[list[Path], list[int]]:
     """The image files of ``root/<class>/`` in class order, sorted by name, and their labels."""
     files, labels = [], []
@@ -75,7 +82,7 @@ def _image_files(root: Path, classes: tuple[str, ...]) -> tuple[list[Path], list
         folder = root / name
         if not folder.is_dir():
             raise FileNotFoundError(f"class folder {folder} is missing (expected one folder per class: {classes})")
-        found = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        found = sorted(p for p in folder.iterdir() if _is_image_name(p.name))
         files += found
         labels += [index] * len(found)
     return files, labels
@@ -105,8 +112,12 @@ def load_image_folder(
         raise FileNotFoundError(f"no .jpg or .png images under {root}/<class>/")
 
     def decode(path: Path) -> np.ndarray:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))  # (H, W, 3) uint8
+        try:
+            with Image.open(path) as image:
+                return np.asarray(image.convert("RGB"))  # (H, W, 3) uint8
+        except (OSError, SyntaxError, ValueError) as error:  # truncated or not an image (PIL's errors)
+            raise ValueError(f"cannot decode the image {path} ({type(error).__name__}: {error}); the file is damaged "
+                             f"or truncated: replace it (re-download or re-extract the data) or delete it") from None
 
     with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL releases the GIL while decoding
         decoded = pool.map(decode, files)
@@ -140,7 +151,7 @@ def folder_listing(root: str | Path, classes: tuple[str, ...] = CIFAR10_CLASSES)
             lines.append(f"{name}/ missing")
             continue
         with os.scandir(folder) as entries:
-            found = sorted((e.name, e.stat()) for e in entries if e.name[e.name.rfind("."):].lower() in IMAGE_SUFFIXES)
+            found = sorted((e.name, e.stat()) for e in entries if _is_image_name(e.name))
         lines += [f"{name}/{file_name}\t{stat.st_size}\t{stat.st_mtime_ns}" for file_name, stat in found]
         sizes += [stat.st_size for _, stat in found]
         mtimes += [stat.st_mtime_ns for _, stat in found]
@@ -238,6 +249,76 @@ def _stale_reason(meta: dict | None, listing: dict | None, folder: Path, cache: 
     return f"{display_path(folder)} changed since {display_path(cache)} was made ({change})"
 
 
+def _load_fresh_cache(cache: Path, listing: dict | None, folder: Path, root: Path, split: str,
+                      quiet: bool = False) -> ImageSet | None:
+    """The cached set, or None when there is no cache or it is stale (saying why, unless ``quiet``)."""
+    if not cache.exists():
+        return None
+    meta = _read_cache_meta(cache)
+    stale = _stale_reason(meta, listing, folder, cache)
+    if stale is not None:
+        if not quiet:
+            print(f"CIFAR-10 {split}: {stale}; building it again")
+        return None
+    if meta.get("origin") == "image-folder":
+        source = _image_folder_source(root / meta["folder"], meta["listing"]["encoding"])
+    else:
+        source = meta.get("source", CANONICAL_SOURCE)
+    try:
+        with np.load(cache) as arrays:
+            images, labels = torch.from_numpy(arrays["images"]), torch.from_numpy(arrays["labels"])
+        if images.dim() != 4 or images.shape[1] != 3 or labels.shape != images.shape[:1]:
+            raise ValueError(f"images {tuple(images.shape)} and labels {tuple(labels.shape)} do not agree")
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(f"the CIFAR-10 cache {cache} is corrupt or incomplete ({type(error).__name__}: {error}); "
+                         f"delete it to rebuild it from the data: rm {cache}") from None
+    return ImageSet(images, labels, CIFAR10_CLASSES, source)
+
+
+def _build_cache(root: Path, split: str, cache: Path, listing: dict | None) -> ImageSet:
+    """Decode the split and write its cache atomically (a temp name unique to this process, then a rename)."""
+    data, meta = _load_cifar10_uncached(root, split, cache, listing)
+    meta.update(format=_CACHE_FORMAT, split=split, source=data.source)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache.with_name(f"{cache.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial.npz")
+    try:
+        np.savez(partial, images=data.images.numpy(), labels=data.labels.numpy(), meta=np.array(json.dumps(meta)))
+        partial.replace(cache)  # atomic: a killed run never leaves a broken cache
+    finally:
+        partial.unlink(missing_ok=True)
+    return data
+
+
+@contextlib.contextmanager
+def _exclusive_lock(lock_path: Path, what: str):
+    """Hold an exclusive ``fcntl.flock`` on ``lock_path`` (created beside the cache); other processes wait.
+
+    Where ``fcntl`` is missing (Windows) there is no lock: concurrent builders then each decode, and the
+    per-process temp names and the atomic rename still leave one whole cache.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        locked = True
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"{what}: another process is building {display_path(lock_path.with_suffix(''))}; waiting for it",
+                  flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks (some network mounts): go on unlocked
+            locked = False
+        try:
+            yield
+        finally:
+            if locked:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def load_cifar10(split: str = "train", root: str | Path | None = None, limit: int | None = None) -> ImageSet:
     """CIFAR-10 as uint8 tensors: images (N, 3, 32, 32), labels (N,).
 
@@ -252,25 +333,12 @@ def load_cifar10(split: str = "train", root: str | Path | None = None, limit: in
     cache = root / "cache" / f"cifar10_{split}.npz"
     folder = root / "cifar10" / split
     listing = folder_listing(folder) if folder.is_dir() else None
-    data = None
-    if cache.exists():
-        meta = _read_cache_meta(cache)
-        stale = _stale_reason(meta, listing, folder, cache)
-        if stale is None:
-            if meta.get("origin") == "image-folder":
-                source = _image_folder_source(root / meta["folder"], meta["listing"]["encoding"])
-            else:
-                source = meta.get("source", CANONICAL_SOURCE)
-            with np.load(cache) as arrays:
-                images, labels = torch.from_numpy(arrays["images"]), torch.from_numpy(arrays["labels"])
-            data = ImageSet(images, labels, CIFAR10_CLASSES, source)
-        else:
-            print(f"CIFAR-10 {split}: {stale}; building it again")
+    data = _load_fresh_cache(cache, listing, folder, root, split)
     if data is None:
-        data, meta = _load_cifar10_uncached(root, split, cache, listing)
-        meta.update(format=_CACHE_FORMAT, split=split, source=data.source)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache.with_name(f"{cache.stem}.{os.getpid()}.partial.npz")
-        np.savez(partial, images=data.images.numpy(), labels=data.labels.numpy(), meta=np.array(json.dumps(meta)))
-        partial.replace(cache)  # atomic: a killed run never leaves a broken cache
+        # Several processes (torchrun's ranks) may get here at once: one builds under the lock, the others
+        # wait for it and then load what it built.
+        with _exclusive_lock(cache.with_name(cache.name + ".lock"), f"CIFAR-10 {split}"):
+            data = _load_fresh_cache(cache, listing, folder, root, split, quiet=True)
+            if data is None:
+                data = _build_cache(root, split, cache, listing)
     return data.subset(limit) if limit is not None else data

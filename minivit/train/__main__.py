@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> History:
         model_config = MODEL_CONFIGS[model_name].replace(**model_overrides)
     except (ValueError, TypeError) as error:  # json.JSONDecodeError and ConfigError are ValueErrors
         parser.error(f"argument --model: {error}")
+    _check_output_paths(parser, args)  # before any data is loaded or step taken, not after the whole run
     world_size = init_from_environment()
     seed_everything(config.seed)
     train_set = load_cifar10("train", limit=data.train_limit)
@@ -184,6 +185,50 @@ def main(argv: list[str] | None = None) -> History:
     if dist.is_initialized():
         dist.destroy_process_group()
     return history
+
+
+RUN_FILES = ("last.pt", "history.json")  # what a run writes into --out (each also as NAME.tmp while writing)
+
+
+def _probe_writable(folder: Path) -> None:
+    """Create and delete a uniquely named file in ``folder``; raises OSError where that fails."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-", suffix=".probe"):
+        pass
+
+
+def _check_output_paths(parser: argparse.ArgumentParser, args) -> None:
+    """``--out`` must be (or become) a writable folder and ``--export`` a writable file path that is none
+    of the run's own files; an argparse error with the fix otherwise."""
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        parser.error(f"argument --out: {out} exists and is not a folder; give a folder path (the run writes "
+                     f"{', '.join(RUN_FILES)} into it)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        _probe_writable(out)
+    except OSError as error:
+        parser.error(f"argument --out: cannot write into the folder {out} ({error.strerror or error}); "
+                     f"choose a writable folder or fix its permissions")
+    if args.export is None:
+        return
+    export = Path(args.export)
+    if export.is_dir():
+        parser.error(f"argument --export: {export} is a folder; give a file path, e.g. {export / 'model.pt'}")
+    own = {(out / name).resolve() for name in RUN_FILES} | {(out / (name + ".tmp")).resolve() for name in RUN_FILES}
+    if export.resolve() in own:
+        parser.error(f"argument --export: {export} is one of the run's own files in --out "
+                     f"({', '.join(RUN_FILES)}); exporting onto it would overwrite the resumable checkpoint or the "
+                     f"history. Export elsewhere, e.g. --export {out / 'export.pt'}")
+    if not export.parent.is_dir():
+        parser.error(f"argument --export: the folder {export.parent} does not exist; create it first "
+                     f"(mkdir -p {shlex.quote(str(export.parent))}) or export elsewhere")
+    try:
+        _probe_writable(export.parent)
+    except OSError as error:
+        parser.error(f"argument --export: cannot write into the folder {export.parent} "
+                     f"({error.strerror or error}); choose a writable folder")
 
 
 def _choose_epochs(config: TrainConfig, args, profile: str, out: Path, model, train_set, test_set, augment,
@@ -216,13 +261,32 @@ def _write_summary(out: Path, args, command: str, profile: str, world_size: int,
     wall = clock.seconds
     summary = {"command": command, "profile": profile, "processes": world_size, "wall_seconds": wall,
                "test_acc": history.test_acc[-1], "data": data, "hardware": hardware(), "history": history.to_dict()}
-    (out / "history.json").write_text(json.dumps(summary, indent=1))
+    write_json_atomic(out / "history.json", summary)
     print(f"done: test accuracy {history.test_acc[-1]:.2%} on {data}, {wall / 60:.1f} min "
           f"wall-clock (with data loading) on {hardware()}")
     if args.export:
         export_checkpoint(out / "last.pt", args.export, command=command, test_acc=history.test_acc[-1],
                           wall_seconds=wall, hardware=hardware())
         print(f"exported {args.export}")
+
+
+def _finite_or_none(value):
+    """``value`` with every NaN/inf float replaced by None (JSON null), recursively."""
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(item) for item in value]
+    return value
+
+
+def write_json_atomic(path: Path, value) -> None:
+    """Write ``value`` as strict JSON (NaN/inf as null) to a temp file, then rename it over ``path``."""
+    text = json.dumps(_finite_or_none(value), indent=1, allow_nan=False)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def hardware() -> str:

@@ -106,8 +106,9 @@ def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch.load fails in many ways on other files: UnpicklingError, KeyError, ...
-        raise ValueError(f"{path} is not a checkpoint torch can read safely "
-                         f"({type(error).__name__}: {error})") from None
+        raise ValueError(f"{path} is not a checkpoint torch can read safely ({type(error).__name__}: {error}); "
+                         f"if it is half-written (a run stopped while saving), delete it and resume from the "
+                         f"previous checkpoint or re-download it") from None
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path} is not a minivit checkpoint: it holds a {type(checkpoint).__name__}, not a dict")
     if checkpoint.get("format") != FORMAT:

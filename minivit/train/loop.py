@@ -99,6 +99,8 @@ def fit(model: nn.Module, train_set: ImageSet, test_set: ImageSet, config: Train
     run = _start(model, train_set, config, device, progress)
     recipe = _recipe(config, augment, len(train_set))
     checkpoint_path = Path(checkpoint_dir) / "last.pt" if checkpoint_dir is not None else None
+    if checkpoint_path is not None and run.rank == 0:
+        remove_stray_temp_files(checkpoint_path.parent)
     if checkpoint_path is not None and resume and checkpoint_path.is_file():
         _resume(run, checkpoint_path, recipe, progress)
     run.train_model = _wrap_for_training(run)
@@ -110,6 +112,22 @@ def fit(model: nn.Module, train_set: ImageSet, test_set: ImageSet, config: Train
         if run.world_size > 1:
             dist.barrier()
     return run.history
+
+
+STRAY_TEMP_PATTERNS = ("*.pt.tmp", "*.json.tmp")  # what an interrupted atomic write leaves behind
+
+
+def remove_stray_temp_files(folder: Path) -> list[Path]:
+    """Delete the temp files of interrupted checkpoint/history writes in ``folder``, saying so; returns them."""
+    if not folder.is_dir():
+        return []
+    stray = sorted({path for pattern in STRAY_TEMP_PATTERNS for path in folder.glob(pattern) if path.is_file()})
+    for path in stray:
+        path.unlink(missing_ok=True)
+    if stray:
+        print(f"removed {len(stray)} temp file(s) of an interrupted write in {folder}: "
+              f"{', '.join(p.name for p in stray)}", flush=True)
+    return stray
 
 
 def _start(model: nn.Module, train_set: ImageSet, config: TrainConfig, device, progress: bool) -> _Run:

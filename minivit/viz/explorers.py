@@ -313,6 +313,10 @@ class DETRAttentionExplorer(AttentionExplorer):
 
         if images.dim() != 4 or len(images) == 0:
             raise ValueError(f"images must be a non-empty batch (N, 3, H, W), got shape {tuple(images.shape)}")
+        num_classes = getattr(model, "num_classes", None)
+        if num_classes is not None and len(class_names) < num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names but the model predicts {num_classes} "
+                             f"classes; pass one name per class (e.g. the dataset's class list)")
         self.class_names, self.preprocess = list(class_names), preprocess
         super().__init__(model, images.float() / 255 if images.dtype == torch.uint8 else images, display_size)
         last = len(model.transformer.decoder.layers) - 1  # the last decoder layer: the default
