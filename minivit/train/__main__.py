@@ -24,7 +24,7 @@ import torch.distributed as dist
 from minivit.configs import Choice, Config, ConfigError
 from minivit.devices import Stopwatch, get_device
 from minivit.models import MODEL_CONFIGS, architecture_of, build_from_config
-from minivit.train.checkpoint import export_checkpoint, read_checkpoint
+from minivit.train.checkpoint import TEMP_SUFFIX, export_checkpoint, read_checkpoint, write_atomically
 from minivit.train.config import DataConfig, TrainConfig
 from minivit.train.distributed import init_from_environment, rank_and_world_size
 from minivit.train.history import History
@@ -216,7 +216,7 @@ def _check_output_paths(parser: argparse.ArgumentParser, args) -> None:
     export = Path(args.export)
     if export.is_dir():
         parser.error(f"argument --export: {export} is a folder; give a file path, e.g. {export / 'model.pt'}")
-    own = {(out / name).resolve() for name in RUN_FILES} | {(out / (name + ".tmp")).resolve() for name in RUN_FILES}
+    own = {(out / (name + suffix)).resolve() for name in RUN_FILES for suffix in ("", TEMP_SUFFIX)}
     if export.resolve() in own:
         parser.error(f"argument --export: {export} is one of the run's own files in --out "
                      f"({', '.join(RUN_FILES)}); exporting onto it would overwrite the resumable checkpoint or the "
@@ -284,9 +284,7 @@ def _finite_or_none(value):
 def write_json_atomic(path: Path, value) -> None:
     """Write ``value`` as strict JSON (NaN/inf as null) to a temp file, then rename it over ``path``."""
     text = json.dumps(_finite_or_none(value), indent=1, allow_nan=False)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: tmp.write_text(text))
 
 
 def hardware() -> str:

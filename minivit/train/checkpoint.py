@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -79,12 +79,20 @@ def upgrade_checkpoint(source: str | Path, target: str | Path) -> Path:
     return _atomic_save(checkpoint, Path(target))
 
 
-def _atomic_save(checkpoint: dict, path: Path) -> Path:
+TEMP_SUFFIX = ".tmp"  # NAME.tmp while NAME is being written; a leftover one is an interrupted write
+
+
+def write_atomically(path: Path, write: Callable[[Path], object]) -> Path:
+    """``write(temp_path)``, then rename the temp file over ``path``: a killed run leaves the old file intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(checkpoint, tmp)
+    tmp = path.with_name(path.name + TEMP_SUFFIX)
+    write(tmp)
     os.replace(tmp, path)
     return path
+
+
+def _atomic_save(checkpoint: dict, path: Path) -> Path:
+    return write_atomically(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
 def _refuse_nan(weights: Mapping[str, torch.Tensor], path) -> None:

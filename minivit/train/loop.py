@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from minivit.data.augment import Augment, channel_stats, iterate_batches, normalize, num_batches
 from minivit.data.cifar10 import ImageSet
 from minivit.devices import Precision, autocast, choose_precision, timed
-from minivit.train.checkpoint import check_fits, read_checkpoint, save_checkpoint
+from minivit.train.checkpoint import TEMP_SUFFIX, check_fits, read_checkpoint, save_checkpoint
 from minivit.train.config import TrainConfig
 from minivit.train.distributed import default_device, rank_and_world_size
 from minivit.train.evaluate import evaluate
@@ -114,7 +114,7 @@ def fit(model: nn.Module, train_set: ImageSet, test_set: ImageSet, config: Train
     return run.history
 
 
-STRAY_TEMP_PATTERNS = ("*.pt.tmp", "*.json.tmp")  # what an interrupted atomic write leaves behind
+STRAY_TEMP_PATTERNS = (f"*.pt{TEMP_SUFFIX}", f"*.json{TEMP_SUFFIX}")  # left behind by an interrupted write
 
 
 def remove_stray_temp_files(folder: Path) -> list[Path]:

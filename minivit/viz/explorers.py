@@ -9,7 +9,6 @@ without a browser. ipywidgets is imported when an explorer is built.
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 
@@ -17,6 +16,8 @@ import numpy as np
 import torch
 
 from minivit.boxes import box_cxcywh_to_xyxy, denormalize_boxes
+from minivit.data.augment import to_float
+from minivit.devices import timed
 from minivit.viz.maps import (
     attention_rollout_per_layer,
     capture_attention,
@@ -84,11 +85,10 @@ class AttentionExplorer:
         """Recompute the picture and caption from the widgets (every widget's callback)."""
         if self._redraws_held:
             return
-        start = time.perf_counter()
-        with one_thread():
+        with timed() as clock, one_thread():
             picture, caption = self.draw()
             self.picture.value = png_bytes(picture)
-        self.last_redraw_seconds = time.perf_counter() - start
+        self.last_redraw_seconds = clock.seconds
         self.caption.value = html_text(caption)  # the text may hold a file name or a class name
 
     def draw(self) -> tuple[np.ndarray, str]:
@@ -130,7 +130,7 @@ class AttentionExplorer:
 
 
 def _default_preprocess(images: torch.Tensor) -> torch.Tensor:
-    return images.float() / 255
+    return to_float(images)
 
 
 class ViTAttentionExplorer(AttentionExplorer):
@@ -318,7 +318,7 @@ class DETRAttentionExplorer(AttentionExplorer):
             raise ValueError(f"class_names has {len(class_names)} names but the model predicts {num_classes} "
                              f"classes; pass one name per class (e.g. the dataset's class list)")
         self.class_names, self.preprocess = list(class_names), preprocess
-        super().__init__(model, images.float() / 255 if images.dtype == torch.uint8 else images, display_size)
+        super().__init__(model, to_float(images), display_size)
         last = len(model.transformer.decoder.layers) - 1  # the last decoder layer: the default
         self.threshold = widgets.FloatSlider(value=threshold, min=0.05, max=0.95, step=0.05, description="threshold")
         self.query = widgets.Dropdown(description="query", layout=widgets.Layout(width="360px"))
