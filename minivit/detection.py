@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from minivit.boxes import box_cxcywh_to_xyxy, box_iou, check_boxes
 from minivit.data.augment import to_float
 from minivit.detr import DETR, DETRConfig, postprocess
-from minivit.devices import Stopwatch, get_device, module_device
+from minivit.devices import Stopwatch, get_device, module_device, to_device
 from minivit.matching import SetCriterion
 from minivit.models import MODEL_CONFIGS
 from minivit.train.checkpoint import load_checkpoint, save_checkpoint
@@ -198,15 +198,17 @@ def train_detr(
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[int(lr_drop * steps)], gamma=0.1)
     generator = torch.Generator().manual_seed(seed)
+    images_on_device = images.to(device)  # (N, 3, H, W), moved once (uint8: a quarter of float's bytes)
+    targets_on_device = [to_device(target, device) for target in targets]
     history, clock = [], Stopwatch.start()
     model.train()
     bar = tqdm(range(steps), desc="training tiny DETR", disable=not progress)
     for step in bar:
         if callback is not None and callback_every and step % callback_every == 0:
             callback(step, model)
-        batch = torch.randint(len(images), (batch_size,), generator=generator)
-        batch_images = to_float(images[batch]).to(device)
-        batch_targets = [{k: v.to(device) for k, v in targets[i].items()} for i in batch.tolist()]
+        batch = torch.randint(len(images), (batch_size,), generator=generator)  # (B,) on the CPU
+        batch_images = to_float(images_on_device[batch])  # (B, 3, H, W) in 0..1
+        batch_targets = [targets_on_device[i] for i in batch.tolist()]
         losses = criterion(model(batch_images), batch_targets)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
@@ -214,7 +216,8 @@ def train_detr(
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
         scheduler.step()
-        record = {k: float(losses[k].detach()) for k in ("loss", "loss_ce", "loss_bbox", "loss_giou")}
+        names = ("loss", "loss_ce", "loss_bbox", "loss_giou")
+        record = dict(zip(names, torch.stack([losses[k].detach() for k in names]).tolist()))  # one host copy
         record.update(lr=optimizer.param_groups[0]["lr"], seconds=clock.seconds)
         history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}")
