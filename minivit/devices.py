@@ -55,35 +55,32 @@ def _check_available(device: torch.device, source: str) -> torch.device:
 _forced_device: torch.device | None = None  # set only by minivit.testing.fake_accelerator()
 
 
-def get_device(prefer: str | torch.device | None = None) -> torch.device:
-    """The device to compute on: ``prefer`` if given, else ``$MINIVIT_DEVICE``, else CUDA, then MPS, then the CPU."""
-    if prefer is not None:
-        return torch.device(prefer)
+def _choose_device() -> tuple[torch.device, str]:
+    """The default device and why: the fake accelerator in tests, ``$MINIVIT_DEVICE``, CUDA, MPS, the CPU."""
     if _forced_device is not None:
-        return _forced_device
+        return _forced_device, "the fake accelerator of minivit.testing"
     requested = _requested_device()
     if requested is not None:
         if requested.split(":")[0] not in DEVICE_TYPES:
             raise ValueError(f"unknown MINIVIT_DEVICE {requested!r}; choose one of {', '.join(DEVICE_TYPES)} "
                              f"(for example: MINIVIT_DEVICE=cpu), or unset it to take the best one found")
-        return _check_available(torch.device(requested), f"MINIVIT_DEVICE={requested}")
+        device = _check_available(torch.device(requested), f"MINIVIT_DEVICE={requested}")
+        return device, "set by MINIVIT_DEVICE (or DEVICE in the notebook)"
     if torch.cuda.is_available():
-        return torch.device("cuda")
+        return torch.device("cuda"), f"a CUDA GPU was found: {torch.cuda.get_device_name()}"
     if _mps_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+        return torch.device("mps"), "Apple's MPS GPU was found"
+    return torch.device("cpu"), "no GPU was found"
+
+
+def get_device(prefer: str | torch.device | None = None) -> torch.device:
+    """The device to compute on: ``prefer`` if given, else ``$MINIVIT_DEVICE``, else CUDA, then MPS, then the CPU."""
+    return torch.device(prefer) if prefer is not None else _choose_device()[0]
 
 
 def device_reason() -> str:
     """Why :func:`get_device` picks what it picks, in a few words."""
-    requested = _requested_device()
-    if requested is not None:
-        return "set by MINIVIT_DEVICE (or DEVICE in the notebook)"
-    if torch.cuda.is_available():
-        return f"a CUDA GPU was found: {torch.cuda.get_device_name()}"
-    if _mps_available():
-        return "Apple's MPS GPU was found"
-    return "no GPU was found"
+    return _choose_device()[1]
 
 
 def use_device(device: str | torch.device | None) -> torch.device:
