@@ -129,10 +129,6 @@ class AttentionExplorer:
         raise NotImplementedError
 
 
-def _default_preprocess(images: torch.Tensor) -> torch.Tensor:
-    return to_float(images)
-
-
 class ViTAttentionExplorer(AttentionExplorer):
     """Explore a ViT's attention: image, layer, head (or their mean, or rollout) and query token.
 
@@ -150,7 +146,7 @@ class ViTAttentionExplorer(AttentionExplorer):
         images: torch.Tensor,
         labels: torch.Tensor | None = None,
         class_names: Sequence[str] | None = None,
-        preprocess: Callable[[torch.Tensor], torch.Tensor] = _default_preprocess,
+        preprocess: Callable[[torch.Tensor], torch.Tensor] = to_float,
         display_size: int = 256,
     ):
         import ipywidgets as widgets
