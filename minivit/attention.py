@@ -220,6 +220,7 @@ def measure_attention_cost(
     fused: bool = True,
     repeats: int = 3,
     device: torch.device | str | None = None,
+    max_bytes: float = 4e9,
 ) -> AttentionCost:
     """Time and peak memory of self-attention over ``seq_len`` tokens on random (B, H, N, d) inputs.
 
@@ -229,12 +230,19 @@ def measure_attention_cost(
     recommends: other load on the machine only ever adds time). Peak memory is the memory the
     call allocated on top of its inputs: ``torch.cuda.max_memory_allocated`` on CUDA; elsewhere the
     peak of live tensors created op by op (scratch memory inside one fused kernel is not seen).
+    The written-out path holds about three (B, H, N, N) fp32 tensors at once: a run that would need
+    more than ``max_bytes`` for them is refused before anything is allocated.
     """
     if seq_len < 1 or head_dim < 1 or num_heads < 1 or batch_size < 1 or repeats < 1:
         raise ValueError(
             f"seq_len, head_dim, num_heads, batch_size and repeats must be >= 1, got {seq_len}, {head_dim}, "
             f"{num_heads}, {batch_size}, {repeats}"
         )
+    weights_bytes = 3 * batch_size * num_heads * seq_len ** 2 * 4  # scores, softmax, its copy: (B, H, N, N) fp32
+    if not fused and weights_bytes > max_bytes:
+        raise ValueError(f"fused=False over seq_len={seq_len} tokens would hold about {weights_bytes / 1e9:.1f} GB of "
+                         f"(B, H, N, N) attention weights, over max_bytes={max_bytes / 1e9:.1f} GB; use fused=True, "
+                         f"a smaller seq_len (memory grows as seq_len**2), or raise max_bytes if you have the memory")
     device = torch.device(device) if device is not None else torch.device("cpu")
     q, k, v = torch.randn(3, batch_size, num_heads, seq_len, head_dim, device=device).unbind(0)  # (B, H, N, d) each
 

@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from minivit.boxes import box_cxcywh_to_xyxy, box_iou, check_boxes
+from minivit.checks import check_finite_images
 from minivit.data.augment import to_float
 from minivit.detr import DETR, DETRConfig, postprocess
 from minivit.devices import Stopwatch, get_device, module_device, to_device
@@ -67,6 +68,11 @@ def _check_detections(items, kind: str, keys) -> None:
         ):
             raise ValueError(f"{kind}[{index}] has different numbers of labels, boxes and scores")
         check_boxes(item["boxes"].reshape(-1, 4), "xyxy", f"{kind}[{index}]['boxes']")
+        if "scores" in keys and not bool(torch.isfinite(item["scores"]).all()):
+            first = int(torch.nonzero(~torch.isfinite(item["scores"])).flatten()[0])
+            raise ValueError(f"{kind}[{index}]['scores'][{first}] is {float(item['scores'][first])}: scores must be "
+                             f"finite (a NaN score cannot be ranked, and would make the AP meaningless); check the "
+                             f"model's outputs for NaN")
 
 
 def average_precision_per_class(predictions: list[dict], targets: list[dict],
@@ -126,6 +132,7 @@ def mean_average_precision(predictions: list[dict], targets: list[dict], iou_thr
 @torch.no_grad()
 def predict(model: DETR, images: torch.Tensor, batch_size: int = 256) -> dict[str, torch.Tensor]:
     """The model's outputs for a stack of images (N, 3, H, W), in eval mode, batch by batch."""
+    check_finite_images(images)
     was_training = model.training
     model.eval()
     device = module_device(model)
@@ -191,6 +198,7 @@ def train_detr(
         raise ValueError(f"need as many targets as images (and at least one), got {len(images)} and {len(targets)}")
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
+    check_finite_images(images)  # once, here: a NaN pixel in a step would poison BatchNorm's statistics
     device = get_device(device)
     model.to(device)
     criterion = criterion if criterion is not None else SetCriterion(model.num_classes)

@@ -37,6 +37,7 @@ from torch import nn
 
 from minivit.attention import MultiHeadAttention
 from minivit.boxes import box_cxcywh_to_xyxy, denormalize_boxes
+from minivit.checks import check_finite_weights
 from minivit.configs import FLAG, Choice, Config, ConfigError, Sizes, positive, probability, setting
 
 # ----------------------------------------------------------------------------- backbones
@@ -759,6 +760,8 @@ def load_official_detr_state_dict(model: DETR, state_dict: dict) -> None:
             "the state dict does not fit this DETR (is it detr-r50 with the same num_classes, "
             "num_queries and layer counts?); " + "; ".join(problems)
         )
+    check_finite_weights(state_dict, "the official DETR state dict",
+                         "these weights would make every output NaN; download them again")
     model.load_state_dict(converted, strict=True)
 
 

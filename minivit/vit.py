@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from minivit.checks import check_finite_weights
 from minivit.configs import FLAG, Choice, Config, ConfigError, Range, positive, probability, setting
 from minivit.transformer import Encoder, sinusoidal_position_encoding
 
@@ -376,6 +377,8 @@ def load_torchvision_weights(model: ViT, state_dict: Mapping[str, torch.Tensor])
             + f". The ViT has {summary}; is the state dict a torchvision VisionTransformer of that configuration? "
             "(vit_from_torchvision(tv_model) builds the matching ViT.)"
         )
+    check_finite_weights(state_dict, "the torchvision state dict",
+                         "these weights would make every output NaN; download them again")
     model.load_state_dict(converted)
     return model
 

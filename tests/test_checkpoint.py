@@ -124,10 +124,35 @@ def test_nan_weights_are_never_written(tmp_path):
     path = save_checkpoint(tmp_path / "last.pt", model, meta={"epoch": 1})
     with torch.no_grad():
         model.head.weight[0, 0] = float("nan")
-    with pytest.raises(ValueError, match="refusing to write .* 1 weight tensors hold NaN \\(head.weight\\)"):
+    with pytest.raises(ValueError, match="refusing to write .* 1 weight tensor\\(s\\) hold NaN or inf \\(head.weight\\)"):
         save_checkpoint(path, model, meta={"epoch": 2})
     checkpoint = read_checkpoint(path)
     assert checkpoint["meta"]["epoch"] == 1 and torch.isfinite(checkpoint["model"]["head.weight"]).all()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_checkpoint_with_nonfinite_weights_is_refused_when_read(tmp_path, bad):
+    """Finding 12: a file written by other code (or edited) with NaN/inf weights loaded without a word."""
+    model, _ = models()["vit"]
+    path = save_checkpoint(tmp_path / "model.pt", model)
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["model"]["head.bias"][3] = bad
+    torch.save(checkpoint, path)
+    with pytest.raises(ValueError, match=r"model.pt: 1 weight tensor\(s\) hold NaN or inf \(head.bias\); .*earlier"):
+        load_checkpoint(path)
+
+
+def test_missing_or_broken_normalization_says_what_to_do(tmp_path):
+    """Finding 14: a checkpoint without its normalization gave a bare KeyError 'mean' to the notebook."""
+    model, _ = models()["vit"]
+    _, info = load_checkpoint(save_checkpoint(tmp_path / "plain.pt", model))
+    with pytest.raises(KeyError, match="records no normalization 'mean'.*channel_stats"):
+        info["mean"]
+    with pytest.raises(KeyError, match="has no 'nonsense'; it has .*architecture"):
+        info["nonsense"]
+    broken = {"normalization": {"mean": [0.5, 0.5, 0.5], "std": [0.2, 0.0, 0.2]}}
+    with pytest.raises(ValueError, match=r"normalization is unusable .*std > 0"):
+        load_checkpoint(save_checkpoint(tmp_path / "broken.pt", model, meta=broken))
 
 
 # --------------------------------------------------------------------------- the older formats

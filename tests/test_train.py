@@ -203,8 +203,8 @@ def test_progressive_schedule_gives_each_phase_its_share_of_epochs():
     assert train_sizes(phases, 21, 32) == [16] * 8 + [24] * 7 + [32] * 6
     assert train_sizes(None, 3, 32) == [32, 32, 32]
     assert train_sizes([[8, 0.5], [16, 0.5]], 1, 16) == [16]  # the middle of the only epoch is in phase 2
-    for bad, message in [([(16, 0.5), (32, 0.4)], "add up to 1"), ([(16, -0.5), (32, 1.5)], "positive"),
-                         ([16, 32], "pairs")]:
+    for bad, message in [([(16, 0.5), (32, 0.4)], "add up to 1"), ([16, 32], "pairs"), ([], "non-empty list"),
+                         ([(16, -0.5), (32, 1.5)], r"sizes must be >= 1 and fractions in \(0, 1\]")]:
         with pytest.raises(ValueError, match=message):
             train_sizes(bad, 4, 32)
 

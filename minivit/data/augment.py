@@ -47,9 +47,13 @@ def to_float(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.
 def channel_stats(images: torch.Tensor, chunk: int = 10_000) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and std of uint8 images ``(N, C, H, W)``, on the 0..1 scale.
 
-    Computed in float64 chunks, so the whole set is never converted at once.
+    Computed in float64 chunks, so the whole set is never converted at once. An empty set, or a
+    channel with one value throughout (std 0: normalizing would divide by zero), is a ``ValueError``.
     """
     _check_images(images)
+    if images.numel() == 0:
+        raise ValueError(f"images is empty (shape {tuple(images.shape)}): channel statistics need at least one "
+                         f"pixel; check the data folder and the limit")
     total = torch.zeros(images.shape[1], dtype=torch.float64, device=images.device)
     total_sq = torch.zeros_like(total)
     for start in range(0, len(images), chunk):
@@ -59,6 +63,12 @@ def channel_stats(images: torch.Tensor, chunk: int = 10_000) -> tuple[torch.Tens
     count = images.shape[0] * images.shape[2] * images.shape[3]
     mean = total / count
     std = (total_sq / count - mean ** 2).clamp_min(0).sqrt()
+    constant = std * 255 < 1e-6  # (C,)
+    if bool(constant.any()):
+        channel = int(torch.nonzero(constant).flatten()[0])
+        raise ValueError(f"channel {channel} of all {len(images)} images has the one value "
+                         f"{round(float(mean[channel]) * 255)} (std 0): normalizing would divide by zero; "
+                         f"check that the images were decoded right (not blank)")
     return mean.float(), std.float()
 
 

@@ -58,6 +58,8 @@ class ImageSet:
 
     def subset(self, count: int, seed: int = 0) -> "ImageSet":
         """A class-balanced random subset of ``count`` images (the same for the same seed)."""
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"count (or limit) must be an integer >= 1, got {count!r}; use None for all images")
         if count >= len(self):
             return self
         generator = torch.Generator().manual_seed(seed)
@@ -329,6 +331,8 @@ def load_cifar10(split: str = "train", root: str | Path | None = None, limit: in
     """
     if split not in SPLITS:
         raise ValueError(f"unknown CIFAR-10 split {split!r}; use 'train' or 'test'")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be None (all images) or an integer >= 1, got {limit!r}")
     root = Path(root) if root is not None else data_dir()
     cache = root / "cache" / f"cifar10_{split}.npz"
     folder = root / "cifar10" / split

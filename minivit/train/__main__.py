@@ -44,6 +44,16 @@ def _parse_optional(kind: type):
     return parse
 
 
+def _with_message(parse):
+    """``parse`` for argparse's ``type=``: its ValueError's own message, not argparse's "invalid ... value"."""
+    def checked(text: str):
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    return checked
+
+
 class _SwitchOrValue(argparse.Action):
     """``--name`` (True), ``--no-name`` (False) or ``--name VALUE`` (parsed): for ``compile``."""
 
@@ -84,7 +94,7 @@ def add_config_flags(parser: argparse.ArgumentParser, config_class: type[Config]
             if bool in typing.get_args(hint):
                 group.add_argument(flag, action=_SwitchOrValue, parse=metadata["parse"], **options)
             else:
-                group.add_argument(flag, type=metadata["parse"], **options)
+                group.add_argument(flag, type=_with_message(metadata["parse"]), **options)
         elif hint is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
         elif hint is str and isinstance(check, Choice):
@@ -155,12 +165,10 @@ def main(argv: list[str] | None = None) -> History:
     profile = args.profile or get_profile()
     config, data = configs_from_args(parser, args, profile)
     model_name = args.config or RECIPES[profile].model
-    try:
-        model_overrides = json.loads(args.model)
-        model_config = MODEL_CONFIGS[model_name].replace(**model_overrides)
-    except (ValueError, TypeError) as error:  # json.JSONDecodeError and ConfigError are ValueErrors
-        parser.error(f"argument --model: {error}")
+    model_overrides, model_config = _model_config(parser, args.model, model_name)
     _check_output_paths(parser, args)  # before any data is loaded or step taken, not after the whole run
+    _check_batch_fits(parser, config, data)
+    _warn_if_profile_needs_gpu(profile)
     world_size = init_from_environment()
     seed_everything(config.seed)
     train_set = load_cifar10("train", limit=data.train_limit)
@@ -185,6 +193,43 @@ def main(argv: list[str] | None = None) -> History:
     if dist.is_initialized():
         dist.destroy_process_group()
     return history
+
+
+def _model_config(parser: argparse.ArgumentParser, text: str, model_name: str):
+    """``--model``: a JSON object of config overrides -> ``(overrides, config)``; an argparse error otherwise."""
+    base = MODEL_CONFIGS[model_name]
+    try:
+        overrides = json.loads(text)
+    except json.JSONDecodeError as error:
+        parser.error(f"argument --model: not valid JSON ({error.msg} at character {error.pos + 1} of {text!r}); "
+                     f"give an object of {type(base).__name__} fields in quotes, e.g. --model '{{\"dim\": 128}}'")
+    if not isinstance(overrides, dict):
+        parser.error(f"argument --model: must be a JSON object of {type(base).__name__} fields, e.g. "
+                     f"'{{\"dim\": 128}}', got {text!r}")
+    try:
+        return overrides, base.replace(**overrides)
+    except (ValueError, TypeError) as error:  # ConfigError is a ValueError
+        parser.error(f"argument --model: {error}")
+
+
+def _check_batch_fits(parser: argparse.ArgumentParser, config: TrainConfig, data: DataConfig) -> None:
+    """A training limit below one batch would stop fit() after the data is loaded: say so now."""
+    if data.train_limit is not None and data.train_limit < config.batch_size:
+        parser.error(f"argument --train-limit: {data.train_limit} images are fewer than one batch of "
+                     f"{config.batch_size}; "
+                     f"raise --train-limit or lower --batch-size")
+
+
+def _warn_if_profile_needs_gpu(profile: str) -> None:
+    """The ``gpu`` recipe on a machine without CUDA runs, but at CPU speed: say what that costs."""
+    if profile != "gpu" or get_device().type == "cuda":
+        return
+    recipe, budget = RECIPES["gpu"], RECIPES["cpu"].time_budget_minutes
+    print(f"warning: profile 'gpu' without a CUDA GPU runs on {get_device().type}: its recipe "
+          f"({recipe.train.epochs} epochs, batch {recipe.train.batch_size}, {recipe.data.train_limit or 'all'} "
+          f"training images) is sized for a GPU and will take far longer here than the {budget:g} minutes of the "
+          f"cpu profile; "
+          f"use --profile cpu", file=sys.stderr, flush=True)
 
 
 RUN_FILES = ("last.pt", "history.json")  # what a run writes into --out (each also as NAME.tmp while writing)

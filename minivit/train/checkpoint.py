@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from minivit.checks import check_finite_weights
 from minivit.configs import Config
 from minivit.models import ARCHITECTURES, architecture_of, build_from_config, config_from_dict, describe_model
 from minivit.train.distributed import unwrap
@@ -96,12 +97,7 @@ def _atomic_save(checkpoint: dict, path: Path) -> Path:
 
 
 def _refuse_nan(weights: Mapping[str, torch.Tensor], path) -> None:
-    floating = [(name, t) for name, t in weights.items() if t.is_floating_point()]
-    if not floating or not bool(torch.stack([torch.isnan(t).any() for _, t in floating]).any()):
-        return
-    bad = [name for name, t in floating if bool(torch.isnan(t).any())]
-    raise ValueError(f"refusing to write {path}: {len(bad)} weight tensors hold NaN ({', '.join(bad[:4])}); "
-                     f"the previous checkpoint there is kept")
+    check_finite_weights(weights, f"refusing to write {path}", "the previous checkpoint there is kept")
 
 
 # --------------------------------------------------------------------------- reading
@@ -122,6 +118,8 @@ def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
     if checkpoint.get("format") != FORMAT:
         checkpoint = {**upgrade_legacy_checkpoint(checkpoint, path), "format": FORMAT}
     _check_layout(checkpoint, path)
+    check_finite_weights(checkpoint["model"], f"checkpoint {path}",
+                         "it cannot be used; resume from an earlier checkpoint or train again")
     return checkpoint
 
 
@@ -202,9 +200,22 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None, map_locati
     return model.eval(), checkpoint_info(checkpoint)
 
 
+class CheckpointInfo(dict):
+    """A checkpoint's ``info``: a dict whose missing keys raise a ``KeyError`` that says what is missing
+    and how to get it, rather than the bare key."""
+
+    def __missing__(self, key):
+        if key in ("mean", "std"):
+            raise KeyError(f"the checkpoint records no normalization {key!r}: it was not saved by fit() (which "
+                           f"records the training set's statistics); compute them with "
+                           f"minivit.data.channel_stats(train_images) or save them in meta['normalization']")
+        raise KeyError(f"the checkpoint's info has no {key!r}; it has {', '.join(sorted(self))}")
+
+
 def checkpoint_info(checkpoint: dict) -> dict:
     """``meta`` with the format, architecture, config (a dataclass), History and normalization tensors."""
-    info = {**checkpoint["meta"], "format": checkpoint["format"], "architecture": checkpoint["architecture"]}
+    info = CheckpointInfo({**checkpoint["meta"], "format": checkpoint["format"],
+                           "architecture": checkpoint["architecture"]})
     info["config"] = (config_from_dict(checkpoint["architecture"], checkpoint["config"])
                       if checkpoint["architecture"] is not None and checkpoint["config"] is not None else None)
     if "history" in info:
@@ -212,6 +223,11 @@ def checkpoint_info(checkpoint: dict) -> dict:
     if "normalization" in info:
         info["mean"] = torch.tensor(info["normalization"]["mean"])
         info["std"] = torch.tensor(info["normalization"]["std"])
+        mean, std = info["mean"], info["std"]
+        if not (bool(torch.isfinite(mean).all()) and bool(torch.isfinite(std).all()) and bool((std > 0).all())):
+            raise ValueError(f"the checkpoint's normalization is unusable (mean {info['mean'].tolist()}, std "
+                             f"{info['std'].tolist()}: each must be finite, std > 0); recompute it with "
+                             f"minivit.data.channel_stats(train_images)")
     return info
 
 

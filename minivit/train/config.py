@@ -33,7 +33,14 @@ class ProgressiveSchedule:
 
 def parse_progressive(text: str):
     """``--progressive``: JSON ``[[size, fraction], ...]`` or ``none``."""
-    return None if text.strip().lower() == "none" else json.loads(text)
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not valid JSON ({error.msg} at character {error.pos + 1} of {text!r}); give pairs "
+                         f"[[size, fraction], ...] in quotes, e.g. --progressive '[[16, 0.5], [32, 0.5]]', "
+                         f"or none") from None
 
 
 def parse_compile(text: str):

@@ -49,15 +49,18 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ste
 
 def check_progressive(progressive) -> list[list] | None:
     """Validate a progressive-resizing schedule ``[(size, fraction of the epochs), ...]``; returns lists."""
-    if not progressive:
+    if progressive is None:
         return None
+    if isinstance(progressive, (str, bytes, dict)) or len(progressive) == 0:
+        raise ValueError(f"progressive must be None or a non-empty list of (image size, fraction of the epochs) "
+                         f"pairs, e.g. [(16, 0.4), (24, 0.3), (32, 0.3)]; got {progressive!r}")
     try:
         phases = [[int(size), float(fraction)] for size, fraction in progressive]
     except (TypeError, ValueError):
         raise ValueError(f"progressive must be a list of (image size, fraction of the epochs) pairs, "
                          f"e.g. [(16, 0.4), (24, 0.3), (32, 0.3)]; got {progressive!r}") from None
-    if any(size < 1 or fraction <= 0 for size, fraction in phases):
-        raise ValueError(f"progressive sizes and fractions must be positive, got {phases}")
+    if any(size < 1 or not 0 < fraction <= 1 for size, fraction in phases):
+        raise ValueError(f"progressive sizes must be >= 1 and fractions in (0, 1], got {phases}")
     if abs(sum(fraction for _, fraction in phases) - 1) > 1e-6:
         raise ValueError(f"progressive fractions must add up to 1, got {phases} "
                          f"(sum {sum(f for _, f in phases):g})")

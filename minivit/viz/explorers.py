@@ -313,6 +313,8 @@ class DETRAttentionExplorer(AttentionExplorer):
         if num_classes is not None and len(class_names) < num_classes:
             raise ValueError(f"class_names has {len(class_names)} names but the model predicts {num_classes} "
                              f"classes; pass one name per class (e.g. the dataset's class list)")
+        if not 0.05 <= threshold <= 0.95:
+            raise ValueError(f"threshold must be between 0.05 and 0.95 (the slider's range), got {threshold}")
         self.class_names, self.preprocess = list(class_names), preprocess
         super().__init__(model, to_float(images), display_size)
         last = len(model.transformer.decoder.layers) - 1  # the last decoder layer: the default

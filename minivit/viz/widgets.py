@@ -44,6 +44,15 @@ def _megabytes(num_bytes: int) -> str:
     return f"{num_bytes / 1e6:.1f} MB"
 
 
+def _to_8_bit(picture: Image.Image) -> Image.Image:
+    """16-bit grayscale (PIL modes ``I;16*``, and ``I`` as PNG decodes it) scaled to 8 bits, not clipped
+    at 255 as ``convert("RGB")`` does; other modes unchanged."""
+    if not (picture.mode.startswith("I;16") or picture.mode == "I"):
+        return picture
+    pixels = np.asarray(picture, dtype=np.float64) / 257  # 0..65535 -> 0..255
+    return Image.fromarray(pixels.round().clip(0, 255).astype(np.uint8))  # (H, W) uint8: mode L
+
+
 def image_from_bytes(data: bytes, size: int) -> torch.Tensor:
     """Decode an uploaded image file, centre-crop it to a square and resize: (3, size, size) uint8.
 
@@ -80,7 +89,7 @@ def image_from_bytes(data: bytes, size: int) -> torch.Tensor:
             if scale is not None:
                 width, height = picture.size
                 side = min(width, height)
-        picture = picture.convert("RGB")
+        picture = _to_8_bit(picture).convert("RGB")
         left, top = (width - side) // 2, (height - side) // 2
         square = (left, top, left + side, top + side)
         picture = picture.resize((size, size), Image.BICUBIC, box=square, reducing_gap=3.0)
