@@ -52,6 +52,26 @@ def _check_available(device: torch.device, source: str) -> torch.device:
     return device
 
 
+def _parse_device(value: str | torch.device, source: str) -> torch.device:
+    """``value`` as a device minivit can use here: a known type (``meta`` too: shapes only, for tests),
+    available on this machine; a ``ValueError``/``TypeError`` naming ``source`` otherwise."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text.split(":")[0] == "gpu":
+            raise ValueError(f"{source}={value!r}: PyTorch calls an NVIDIA GPU 'cuda'; use 'cuda' (or 'cpu', 'mps')")
+        try:
+            value = torch.device(text)
+        except RuntimeError:
+            raise ValueError(f"{source}={value!r} is not a device; choose one of {', '.join(DEVICE_TYPES)} "
+                             f"(e.g. 'cuda' or 'cuda:0'), or None for the best one found") from None
+    if not isinstance(value, torch.device):
+        raise TypeError(f"{source} must be a device name such as 'cpu' or 'cuda', a torch.device or None, "
+                        f"got {type(value).__name__} {value!r}")
+    if value.type not in (*DEVICE_TYPES, "meta"):
+        raise ValueError(f"{source}={str(value)!r}: minivit runs on {', '.join(DEVICE_TYPES)}, not {value.type}")
+    return _check_available(value, f"{source} {str(value)!r}")
+
+
 _forced_device: torch.device | None = None  # set only by minivit.testing.fake_accelerator()
 
 
@@ -64,7 +84,7 @@ def _choose_device() -> tuple[torch.device, str]:
         if requested.split(":")[0] not in DEVICE_TYPES:
             raise ValueError(f"unknown MINIVIT_DEVICE {requested!r}; choose one of {', '.join(DEVICE_TYPES)} "
                              f"(for example: MINIVIT_DEVICE=cpu), or unset it to take the best one found")
-        device = _check_available(torch.device(requested), f"MINIVIT_DEVICE={requested}")
+        device = _parse_device(requested, "MINIVIT_DEVICE")
         return device, "set by MINIVIT_DEVICE (or DEVICE in the notebook)"
     if torch.cuda.is_available():
         return torch.device("cuda"), f"a CUDA GPU was found: {torch.cuda.get_device_name()}"
@@ -75,7 +95,7 @@ def _choose_device() -> tuple[torch.device, str]:
 
 def get_device(prefer: str | torch.device | None = None) -> torch.device:
     """The device to compute on: ``prefer`` if given, else ``$MINIVIT_DEVICE``, else CUDA, then MPS, then the CPU."""
-    return torch.device(prefer) if prefer is not None else _choose_device()[0]
+    return _parse_device(prefer, "device") if prefer is not None else _choose_device()[0]
 
 
 def device_reason() -> str:
@@ -88,10 +108,9 @@ def use_device(device: str | torch.device | None) -> torch.device:
     if device is None:
         os.environ.pop("MINIVIT_DEVICE", None)
         return get_device()
-    device = torch.device(device)
+    device = _parse_device(device, "device")
     if device.type not in DEVICE_TYPES:
         raise ValueError(f"unknown device {str(device)!r}; choose one of {', '.join(DEVICE_TYPES)}")
-    _check_available(device, f"device {str(device)!r}")
     os.environ["MINIVIT_DEVICE"] = str(device)
     return device
 

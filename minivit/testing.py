@@ -10,6 +10,9 @@ backward and optimizer steps, computing shapes only. Reading a value back (``.it
 evaluation loops run in seconds. A helper that forgets to move a model or a batch fails under
 it exactly as it would on a GPU.
 
+:func:`count_host_syncs` counts, under the fake accelerator, every read of device values by the host
+(``.item()``, ``bool(t)``, ``.cpu()``, ``.tolist()``): each is a synchronization on a GPU.
+
 :func:`assert_state_dicts_equal` compares two models (or state dicts) key by key and names
 the first differences.
 """
@@ -61,6 +64,35 @@ def fake_accelerator() -> Iterator[torch.device]:
             yield FAKE_DEVICE
     finally:
         devices._forced_device = previous
+
+
+class HostSyncs(TorchDispatchMode):
+    """Counts the operations that read device values back to the host (see :func:`count_host_syncs`)."""
+
+    READS = ("_local_scalar_dense", "nonzero", "masked_select", "equal", "is_nonzero")
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        source = args[0] if args else None
+        if isinstance(source, torch.Tensor) and source.device.type == FAKE_DEVICE.type:
+            target = kwargs.get("device")
+            if func._schema.name.split("::")[-1] in self.READS or (
+                    func is _aten._to_copy.default and target is not None and torch.device(target) != FAKE_DEVICE):
+                self.count += 1
+        elif func is _aten.copy_.default and args[1].device == FAKE_DEVICE and args[0].device != FAKE_DEVICE:
+            self.count += 1
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def count_host_syncs() -> Iterator[HostSyncs]:
+    """Within :func:`fake_accelerator`: ``with count_host_syncs() as syncs: ...`` then ``syncs.count``."""
+    with HostSyncs() as syncs:
+        yield syncs
 
 
 def assert_on_device(module: torch.nn.Module, device: torch.device = FAKE_DEVICE) -> None:

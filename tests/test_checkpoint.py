@@ -124,7 +124,7 @@ def test_nan_weights_are_never_written(tmp_path):
     path = save_checkpoint(tmp_path / "last.pt", model, meta={"epoch": 1})
     with torch.no_grad():
         model.head.weight[0, 0] = float("nan")
-    with pytest.raises(ValueError, match="refusing to write .* 1 weight tensor\\(s\\) hold NaN or inf \\(head.weight\\)"):
+    with pytest.raises(ValueError, match=r"refusing to write .* 1 weight tensor\(s\) hold NaN or inf \(head.weight\)"):
         save_checkpoint(path, model, meta={"epoch": 2})
     checkpoint = read_checkpoint(path)
     assert checkpoint["meta"]["epoch"] == 1 and torch.isfinite(checkpoint["model"]["head.weight"]).all()

@@ -201,6 +201,24 @@ def test_chapter6_tiny_detr_trains_and_detects_on_the_device():
         evaluate_map(model, shapes.images, shapes.targets)
 
 
+def test_a_detr_training_step_reads_the_device_2_plus_one_per_decoder_layer_times():
+    """Issue 13: validation at the entry points, not inside the step. A step reads the device back for the
+    target check (one copy), one cost matrix per decoder layer (scipy's assignment runs on the host) and the
+    step's four loss values (one copy). Before: about 100 reads per step (box checks in every loss term)."""
+    from minivit.testing import count_host_syncs
+
+    shapes = make_shapes(16, 64, seed=0)
+    counts = {}
+    for layers in (1, 3):
+        for steps in (1, 3):
+            with fake_accelerator():
+                model = build_tiny_detr(num_decoder_layers=layers)
+                with count_host_syncs() as syncs:
+                    train_detr(model, shapes.images, shapes.targets, steps=steps, batch_size=8, progress=False)
+            counts[layers, steps] = syncs.count
+    assert counts == {(1, 1): 3, (1, 3): 9, (3, 1): 5, (3, 3): 15}, counts
+
+
 # --------------------------------------------------------------------------- notebooks decide no devices
 RAW_DEVICE_DECISION = re.compile(
     r"\.to\(\s*(device|[\"']cuda|[\"']cpu|[\"']mps)|\.cuda\(|torch\.cuda\.|torch\.autocast|"

@@ -1,6 +1,7 @@
 """Issue 13: seeded fuzzing of the public entry points with wrong shapes, dtypes, NaN/inf, empty batches and
 files that are not checkpoints. Every case either works (finite output where the input was finite) or raises
 a ValueError/TypeError whose message names the argument (or the file)."""
+import math
 import random
 
 import numpy as np
@@ -170,3 +171,66 @@ def test_fuzz_load_checkpoint(tmp_path):
         with pytest.raises((FileNotFoundError, ValueError, IsADirectoryError)) as caught:
             load_checkpoint(path)
         assert str(path) in str(caught.value)
+
+
+# --------------------------------------------------------------------------- the CLI and the device setting
+CLI_FLAGS = ("--epochs", "--batch-size", "--lr", "--weight-decay", "--warmup", "--label-smoothing", "--grad-clip",
+             "--ema-decay", "--min-lr-ratio", "--tta-shift", "--eval-every", "--train-limit", "--test-limit",
+             "--crop-padding", "--progressive", "--time-budget", "--amp", "--compile", "--seed")
+CLI_VALUES = ("-1", "0", "1", "3", "0.5", "1e-3", "2.5", "nan", "inf", "-inf", "1e309", "abc", "", "none", "true",
+              "[[16, 1]]", "[[16, 0.5], [32, 0.6]]", "{}", "[]", "[[0, 1]]", "auto", "fp16", "99999999999999999999")
+
+
+def test_fuzz_cli_flags(capsys):
+    """Random flags with random values: parsed into configs with every number finite, or an argparse error (exit
+    2) that names one of the flags given. Nothing is loaded or trained (configs_from_args only)."""
+    from minivit.train.__main__ import build_parser, configs_from_args
+
+    rng = random.Random(SEED + 7)
+    outcomes = []
+    for _ in range(3 * CASES_PER_TARGET):
+        chosen = rng.sample(CLI_FLAGS, rng.choice([1, 2, 3]))
+        argv = [item for flag in chosen for item in (flag, rng.choice(CLI_VALUES))]
+        parser = build_parser()
+        try:
+            args = parser.parse_args(["--out", "unused", *argv])
+            train, data = configs_from_args(parser, args, "smoke")
+        except SystemExit as stop:
+            error = capsys.readouterr().err
+            assert stop.code == 2 and any(f"argument {flag}" in error for flag in argv[::2]), (argv, error)
+            outcomes.append("refused")
+            continue
+        numbers = [v for config in (train, data) for v in config.to_dict().values() if isinstance(v, (int, float))]
+        assert all(math.isfinite(v) for v in numbers), (argv, train, data)
+        assert args.time_budget is None or 0 <= args.time_budget < math.inf, argv
+        outcomes.append("worked")
+    assert outcomes.count("refused") > 50 and outcomes.count("worked") > 10
+
+
+def test_fuzz_device_settings(monkeypatch):
+    """get_device/use_device and $MINIVIT_DEVICE with names a learner might type: a device, or a ValueError/TypeError
+    naming the setting, or (a real device this machine lacks) a RuntimeError that says what to do."""
+    from minivit import devices
+
+    names = ["cpu", "CPU", " cpu ", "cpu:0", "cuda", "cuda:1", "gpu", "GPU:0", "tpu", "", "  ", "mps", "meta",
+             "cuda:x", "xla", "cpu,cuda", 3, 0.5, torch.device("cpu"), ["cpu"]]
+    for name in names:
+        for call in (devices.get_device, devices.use_device):
+            try:
+                device = call(name)
+            except (ValueError, TypeError) as error:
+                assert "device" in str(error), (name, error)
+                continue
+            except RuntimeError as error:
+                assert "asks for" in str(error) and ("cpu" in str(error)), (name, error)
+                continue
+            finally:
+                monkeypatch.delenv("MINIVIT_DEVICE", raising=False)
+            assert device.type in (*devices.DEVICE_TYPES, "meta"), (name, device)
+        if isinstance(name, str):
+            monkeypatch.setenv("MINIVIT_DEVICE", name)
+            try:
+                assert devices.get_device().type in devices.DEVICE_TYPES
+            except (ValueError, RuntimeError) as error:
+                assert "MINIVIT_DEVICE" in str(error), (name, error)
+            monkeypatch.delenv("MINIVIT_DEVICE")

@@ -75,7 +75,8 @@ def test_todays_flags_keep_working():
     (["--amp", "fp8"], "argument --amp: invalid choice"),
     (["--epochs", "2.5"], "argument --epochs: invalid int value"),
     (["--compile", "maybe"], "argument --compile: expected auto, on or off"),
-    (["--time-budget", "-5"], "argument --time-budget: must be >= 0"),
+    (["--time-budget", "-5"], "argument --time-budget: must be a finite number >= 0"),
+    (["--time-budget", "nan"], r"argument --time-budget: .*got nan"),
 ])
 def test_out_of_range_flags_are_argparse_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as caught:

@@ -147,8 +147,8 @@ def configs_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace,
             configs.append(config_class(**{**base.to_dict(), **given}))
         except ConfigError as error:
             parser.error(f"argument --{error.field.replace('_', '-')}: {error}")
-    if args.time_budget is not None and args.time_budget < 0:
-        parser.error(f"argument --time-budget: must be >= 0 minutes, got {args.time_budget}")
+    if args.time_budget is not None and not 0 <= args.time_budget < float("inf"):
+        parser.error(f"argument --time-budget: must be a finite number >= 0 (minutes), got {args.time_budget}")
     return configs[0], configs[1]
 
 

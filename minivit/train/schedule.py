@@ -51,7 +51,7 @@ def check_progressive(progressive) -> list[list] | None:
     """Validate a progressive-resizing schedule ``[(size, fraction of the epochs), ...]``; returns lists."""
     if progressive is None:
         return None
-    if isinstance(progressive, (str, bytes, dict)) or len(progressive) == 0:
+    if not isinstance(progressive, (list, tuple)) or len(progressive) == 0:
         raise ValueError(f"progressive must be None or a non-empty list of (image size, fraction of the epochs) "
                          f"pairs, e.g. [(16, 0.4), (24, 0.3), (32, 0.3)]; got {progressive!r}")
     try:
