@@ -11,6 +11,9 @@ model of the course (config dataclasses, ``build_model``). Each chapter adds a m
 5. ``minivit.boxes``, ``minivit.detr``: DETR
 6. ``minivit.matching``: Hungarian matching and the set loss
 7. ``minivit.viz``: attention maps
+
+Across chapters 3, 5 and 7: ``minivit.photos`` (a real photo offline, ImageNet preprocessing,
+class names) and ``minivit.downloads`` (pretrained weights, or ``None`` and one line offline).
 """
 from minivit.devices import choose_precision, get_device, to_device
 from minivit.runtime import PROFILES, by_profile, data_dir, describe, get_profile, seed_everything, set_profile, setup

@@ -20,15 +20,10 @@ short, documented key map (:data:`OFFICIAL_KEY_MAP`, :func:`load_official_detr_s
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import math
-import socket
-import sys
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +34,7 @@ from minivit.attention import MultiHeadAttention
 from minivit.boxes import box_cxcywh_to_xyxy, denormalize_boxes
 from minivit.checks import check_finite_weights
 from minivit.configs import FLAG, Choice, Config, ConfigError, Sizes, positive, probability, setting
+from minivit.downloads import download_state_dict
 
 # ----------------------------------------------------------------------------- backbones
 
@@ -674,23 +670,6 @@ OFFICIAL_DETR_R50_URL = "https://dl.fbaipublicfiles.com/detr/detr-r50-e632da11.p
 OFFICIAL_DETR_R50_SIZE = "about 159 MB"  # detr-r50-e632da11.pth: 166,618,694 bytes
 
 
-class _AnnounceOnFirstWrite(io.TextIOBase):
-    """Stands in for stderr: writes ``line`` to ``out`` before the first text, then passes all to ``stream``."""
-
-    def __init__(self, stream, out, line: str):
-        self.stream, self.out, self.line = stream, out, line
-
-    def write(self, text: str) -> int:
-        if self.line is not None and text:
-            self.out.write(self.line + "\n")
-            self.out.flush()
-            self.line = None
-        return self.stream.write(text)
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-
 #: How the official DETR parameter names (facebookresearch/detr) become minivit's. Each pair
 #: is a substring replacement, applied in order; every other part of a name is the same:
 #:
@@ -775,31 +754,10 @@ def load_official_detr_r50(url: str = OFFICIAL_DETR_R50_URL, timeout_s: float = 
     When the download fails for any reason it prints one sentence and returns ``None``; what to
     use instead is the caller's choice.
     """
-    from minivit.runtime import display_path
-
-    file_name = url.rsplit("/", 1)[-1]
-    hub_checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
-    size = f", {OFFICIAL_DETR_R50_SIZE}" if url == OFFICIAL_DETR_R50_URL else ""
-    announcement = (
-        f"Downloading the official DETR-R50 weights {file_name}{size} from {url.split('/')[2]} "
-        f"into {display_path(hub_checkpoints)} (once)"
-    )
-    # torch.hub names the absolute local path on stdout: silence that, and announce the download
-    # ourselves when its progress bar (on stderr) starts, so a failed connection stays one sentence.
-    download = not (hub_checkpoints / file_name).exists()
-    errors = _AnnounceOnFirstWrite(sys.stderr, sys.stdout, announcement) if download else io.StringIO()
-    previous_timeout = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(timeout_s)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(errors):
-            checkpoint = torch.hub.load_state_dict_from_url(
-                url, map_location="cpu", progress=download, check_hash=True, weights_only=True
-            )
-    except Exception as error:  # no internet, timeout, HTTP error, broken file: all mean "not available"
-        print(f"The official DETR-R50 weights could not be downloaded ({type(error).__name__}).")
+    size = OFFICIAL_DETR_R50_SIZE if url == OFFICIAL_DETR_R50_URL else None
+    checkpoint = download_state_dict(url, "the official DETR-R50 weights", size, timeout_s)
+    if checkpoint is None:
         return None
-    finally:
-        socket.setdefaulttimeout(previous_timeout)
     model = build_detr_r50()
     load_official_detr_state_dict(model, checkpoint)
     return model.eval()

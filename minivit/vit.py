@@ -409,3 +409,33 @@ def vit_from_torchvision(tv_model: nn.Module) -> ViT:
         norm_eps=tv_model.encoder.ln.eps,
     )
     return load_torchvision_weights(model, tv_model.state_dict())
+
+
+# ----------------------------------------------------------------------------- torchvision's ImageNet weights
+
+
+def download_vit_b16_imagenet(timeout_s: float = 10.0) -> dict | None:
+    """torchvision's ImageNet ViT-B/16 state dict (``ViT_B_16_Weights.IMAGENET1K_V1``, 81.1% top-1), or ``None``.
+
+    Downloaded once (about 330 MB) with :func:`minivit.downloads.download_state_dict`, the same
+    path as the official DETR-R50; offline it prints one sentence and returns ``None``.
+    """
+    from torchvision.models import ViT_B_16_Weights
+
+    from minivit.downloads import download_state_dict
+
+    weights = ViT_B_16_Weights.IMAGENET1K_V1
+    size = f"about {weights.meta['_file_size']:.0f} MB" if "_file_size" in weights.meta else None
+    return download_state_dict(weights.url, "torchvision's ImageNet ViT-B/16 weights", size, timeout_s)
+
+
+def load_pretrained_vit_b16(timeout_s: float = 10.0) -> ViT | None:
+    """minivit's ViT-B/16 with torchvision's ImageNet weights, in eval mode; ``None`` (and one printed line) offline.
+
+    Its input is :func:`minivit.photos.imagenet_preprocess` (resize 256, centre crop 224, ImageNet
+    mean and std); its 1000 outputs are named by :func:`minivit.photos.imagenet_classes`.
+    """
+    state_dict = download_vit_b16_imagenet(timeout_s)
+    if state_dict is None:
+        return None
+    return load_torchvision_weights(build_vit("vit_b_16"), state_dict).eval()
