@@ -25,7 +25,7 @@ from minivit.detr import DETR, DETRConfig, postprocess
 from minivit.devices import Stopwatch, get_device, module_device, to_device
 from minivit.matching import SetCriterion
 from minivit.models import MODEL_CONFIGS
-from minivit.train.checkpoint import load_checkpoint, save_checkpoint
+from minivit.train.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 
 TINY_DETR_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "tiny_detr_shapes.pt"
 
@@ -258,7 +258,9 @@ def load_tiny_detr(path=None, map_location="cpu") -> tuple[DETR, dict]:
             f"no tiny-DETR checkpoint at {path}; run notebooks/06_hungarian_matching.ipynb, "
             f"which trains one and saves it (runs/06_tiny_detr_shapes.pt)"
         )
+    architecture = read_checkpoint(path, map_location)["architecture"]
+    if architecture != "detr":  # checked before any model is built
+        raise ValueError(f"{path} holds a {architecture} model, not a DETR; give a checkpoint saved by "
+                         f"save_tiny_detr (chapter 6), or load it with minivit.train.load_checkpoint")
     model, info = load_checkpoint(path, map_location=map_location)
-    if info["architecture"] != "detr":
-        raise ValueError(f"{path} holds a {info['architecture']} model, not a DETR")
     return model, {key: info[key] for key in ("config", "classes", "image_size", "metrics")}

@@ -127,6 +127,22 @@ def _stop(server: subprocess.Popen) -> None:
             continue
 
 
+HOSTILE_NAME = "<img src=x onerror=window.minivitInjected=1>.png"
+
+
+def _png_bytes() -> bytes:
+    """A small photo-like PNG for the upload."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def _changed_picture(locator, before: bytes, timeout: float = 30) -> bytes:
     """Screenshots of ``locator`` until one differs from ``before`` (the kernel answers asynchronously)."""
     deadline = time.monotonic() + timeout
@@ -188,6 +204,17 @@ def test_attention_explorer_in_jupyterlab(jupyter_lab):
             page.locator(".minivit-vit-picture").locator("xpath=..").screenshot(
                 path=SCREENSHOTS / "3_vit_explorer_widgets.png")
             assert len({first, after_layer, after_patch}) == 3
+
+            # Issue 13, finding 6: an uploaded file's name reaches the page as text, never as HTML
+            with page.expect_file_chooser() as chooser:  # the widget's file input is hidden: click the button
+                page.locator(".minivit-vit-upload").click()
+            chooser.value.set_files(files=[{"name": HOSTILE_NAME, "mimeType": "image/png", "buffer": _png_bytes()}])
+            caption = page.locator(".minivit-vit-caption")
+            caption.get_by_text(HOSTILE_NAME, exact=False).wait_for(timeout=30_000)
+            page.wait_for_timeout(500)  # an injected onerror handler would have run by now
+            caption.screenshot(path=SCREENSHOTS / "3_vit_hostile_upload_name.png")
+            assert page.evaluate("() => window.minivitInjected") is None, "the file name ran as script"
+            assert caption.locator("img").count() == 0, "the file name became an <img> element"
 
             detr_picture.scroll_into_view_if_needed()
             detr_picture.locator("xpath=..").screenshot(path=SCREENSHOTS / "4_detr_explorer.png")

@@ -177,3 +177,16 @@ def test_profile_gpu_without_a_gpu_warns_what_it_costs(tmp_path, capsys, monkeyp
         main(["--profile", "gpu", "--out", str(tmp_path / "run")])
     assert re.search(r"warning: profile 'gpu' without a CUDA GPU runs on cpu: .* use --profile cpu",
                      capsys.readouterr().err)
+
+
+def test_the_detr_loader_given_a_vit_checkpoint_says_so_before_building(tmp_path, monkeypatch):
+    """Before: KeyError 'config' (an older loader), or a ViT built first and then refused."""
+    from minivit.detection import load_tiny_detr
+    from minivit.train import save_checkpoint
+    from minivit.vit import ViT
+
+    path = save_checkpoint(tmp_path / "vit.pt", ViT(image_size=16, patch_size=4, dim=16, depth=1, num_heads=2,
+                                                    mlp_dim=32))
+    monkeypatch.setattr("minivit.detection.load_checkpoint", lambda *a, **k: pytest.fail("built before the check"))
+    with pytest.raises(ValueError, match=r"vit\.pt holds a vit model, not a DETR; give a checkpoint saved by "):
+        load_tiny_detr(path)

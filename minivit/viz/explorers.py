@@ -66,6 +66,7 @@ class AttentionExplorer:
         self.picture = widgets.Image(format="png", width=2 * display_size, height=display_size)  # (S, 2S)
         self.caption = widgets.HTML()
         self.picture.add_class(f"minivit-{self.css_name}-picture")
+        self.caption.add_class(f"minivit-{self.css_name}-caption")
         self.image_picker.observe(self._on_pick, names="value")
         self.widget = None  # the whole explorer, once the subclass has laid out its controls
         self.last_redraw_seconds = float("nan")
@@ -170,7 +171,7 @@ class ViTAttentionExplorer(AttentionExplorer):
         whole = {"description_width": "initial"}  # show the whole description
         self.row = widgets.IntSlider(value=grid // 2, min=0, max=grid - 1, description="patch row", style=whole)
         self.col = widgets.IntSlider(value=grid // 2, min=0, max=grid - 1, description="patch column", style=whole)
-        for widget, name in ((self.layer, "layer"), (self.row, "row"), (self.col, "col")):
+        for widget, name in ((self.layer, "layer"), (self.row, "row"), (self.col, "col"), (self.upload, "upload")):
             widget.add_class(f"minivit-vit-{name}")  # stable handles for the browser test
 
         self.upload.observe(self._on_upload, names="value")
