@@ -427,3 +427,17 @@ def test_distillation_trains_both_heads_from_a_frozen_teacher():
     assert student.head_dist.weight.abs().sum() > 0 and student.head.weight.abs().sum() > 0  # both heads learned
     with pytest.raises(ValueError, match="distill_token=True"):
         fit(tiny_vit(), TRAIN, TEST, CONFIG.replace(epochs=1), teacher=teacher, **OPTIONS)
+
+
+def test_a_checkpoint_from_before_mixup_resumes_and_a_mixed_run_does_not_resume_a_plain_one(tmp_path):
+    config = CONFIG.replace(epochs=2)
+    fit(tiny_vit(), TRAIN, TEST, config, checkpoint_dir=tmp_path, stop_after=1, **OPTIONS)
+    path = tmp_path / "last.pt"
+    checkpoint = torch.load(path, weights_only=False)
+    for key in ("mixup_alpha", "cutmix_alpha"):  # as written before these fields existed
+        del checkpoint["meta"]["train_config"][key]
+    torch.save(checkpoint, path)
+    history = fit(tiny_vit(), TRAIN, TEST, config, checkpoint_dir=tmp_path, **OPTIONS)
+    assert history.epochs == 2
+    with pytest.raises(ValueError, match="another recipe.*mixup_alpha"):
+        fit(tiny_vit(), TRAIN, TEST, config.replace(mixup_alpha=0.5), checkpoint_dir=tmp_path, **OPTIONS)
