@@ -1,6 +1,6 @@
 """Every named model of the course in one place, and how to build one.
 
-Three architectures, each a config dataclass and a module that builds from it:
+Four architectures, each a config dataclass and a module that builds from it:
 
 =============  ==========================  =========================================
 architecture   config                      model
@@ -8,6 +8,7 @@ architecture   config                      model
 ``vit``        :class:`~minivit.vit.ViTConfig`        :class:`~minivit.vit.ViT`
 ``small_cnn``  :class:`~minivit.conv.SmallCNNConfig`  :class:`~minivit.conv.SmallCNN`
 ``detr``       :class:`~minivit.detr.DETRConfig`      :class:`~minivit.detr.DETR`
+``window_vit`` :class:`~minivit.swin.WindowViTConfig` :class:`~minivit.swin.WindowViT`
 =============  ==========================  =========================================
 
 ``MODEL_CONFIGS`` names the configurations the chapters use; ``build_model("vit_cifar_small",
@@ -24,6 +25,7 @@ from torch import nn
 from minivit.configs import Config
 from minivit.conv import SmallCNN, SmallCNNConfig
 from minivit.detr import DETR, DETRConfig
+from minivit.swin import WindowViT, WindowViTConfig
 from minivit.vit import ViT, ViTConfig
 
 
@@ -40,6 +42,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "vit": Architecture("vit", ViTConfig, ViT),
     "small_cnn": Architecture("small_cnn", SmallCNNConfig, SmallCNN),
     "detr": Architecture("detr", DETRConfig, DETR.from_config),
+    "window_vit": Architecture("window_vit", WindowViTConfig, WindowViT),
 }
 
 MODEL_CONFIGS: dict[str, Config] = {

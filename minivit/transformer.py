@@ -34,6 +34,40 @@ def sinusoidal_position_encoding(num_positions: int, dim: int, base: float = 100
     return encoding
 
 
+def drop_path(x: torch.Tensor, rate: float, training: bool = True) -> torch.Tensor:
+    """Stochastic depth: zero a whole sample's branch with probability ``rate`` and scale the kept ones by
+    ``1 / (1 - rate)``, so the expected output is unchanged. Identity when not training or ``rate == 0``."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"rate must be in [0, 1) (the probability of dropping a sample's branch), got {rate}")
+    if rate == 0.0 or not training:
+        return x
+    keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1.0 - rate)  # (B, 1, ..., 1)
+    return x * keep / (1.0 - rate)
+
+
+class DropPath(nn.Module):
+    """:func:`drop_path` as a module (stochastic depth, Huang et al. 2016), active in training mode only."""
+
+    def __init__(self, rate: float = 0.0):
+        super().__init__()
+        drop_path(torch.zeros(1), rate, training=False)  # checks the rate
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return drop_path(x, self.rate, self.training)
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate}"
+
+
+def drop_path_rates(max_rate: float, depth: int) -> list[float]:
+    """Per-block stochastic-depth rates rising linearly from 0 (first block) to ``max_rate`` (last), as DeiT
+    and Swin do: early blocks, which every later one builds on, are dropped least."""
+    if depth == 1:
+        return [max_rate]
+    return [max_rate * i / (depth - 1) for i in range(depth)]
+
+
 class MLP(nn.Module):
     """The transformer's feed-forward branch: Linear -> GELU -> Dropout -> Linear -> Dropout."""
 
@@ -49,7 +83,10 @@ class MLP(nn.Module):
 
 
 class EncoderBlock(nn.Module):
-    """Pre-norm encoder block: ``x + Attn(LN(x))``, then ``x + MLP(LN(x))``. Input and output (B, N, D)."""
+    """Pre-norm encoder block: ``x + Attn(LN(x))``, then ``x + MLP(LN(x))``. Input and output (B, N, D).
+
+    ``drop_path`` > 0 drops each branch per sample with that probability in training (stochastic depth).
+    """
 
     def __init__(
         self,
@@ -59,6 +96,7 @@ class EncoderBlock(nn.Module):
         dropout: float = 0.0,
         attn_dropout: float = 0.0,
         norm_eps: float = 1e-6,
+        drop_path: float = 0.0,
     ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
@@ -66,14 +104,15 @@ class EncoderBlock(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = MLP(dim, mlp_dim, dropout)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward_with_attention(
         self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, need_weights: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The block's output and its attention weights (B, H, N, N) (None if ``need_weights=False``)."""
         attended, attn_weights = self.attn(self.norm1(x), attn_mask=attn_mask, need_weights=need_weights)
-        x = x + self.drop(attended)
-        x = x + self.mlp(self.norm2(x))
+        x = x + self.drop_path(self.drop(attended))
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
         return x, attn_weights
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -81,7 +120,11 @@ class EncoderBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-    """A stack of pre-norm blocks and the final LayerNorm. Input and output (B, N, D)."""
+    """A stack of pre-norm blocks and the final LayerNorm. Input and output (B, N, D).
+
+    ``drop_path`` is the stochastic-depth rate of the last block; earlier blocks get less
+    (:func:`drop_path_rates`).
+    """
 
     def __init__(
         self,
@@ -92,10 +135,12 @@ class Encoder(nn.Module):
         dropout: float = 0.0,
         attn_dropout: float = 0.0,
         norm_eps: float = 1e-6,
+        drop_path: float = 0.0,
     ):
         super().__init__()
         self.blocks = nn.ModuleList(
-            EncoderBlock(dim, num_heads, mlp_dim, dropout, attn_dropout, norm_eps) for _ in range(depth)
+            EncoderBlock(dim, num_heads, mlp_dim, dropout, attn_dropout, norm_eps, rate)
+            for rate in drop_path_rates(drop_path, depth)
         )
         self.norm = nn.LayerNorm(dim, eps=norm_eps)
 

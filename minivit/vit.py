@@ -27,6 +27,7 @@ from minivit.transformer import Encoder, sinusoidal_position_encoding
 
 POOLS = ("cls", "mean")
 POS_EMBEDS = ("learned", "sincos2d", "none")
+STEMS = ("patch", "conv")
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -97,6 +98,39 @@ class PatchEmbedding(nn.Module):
         return tokens.flatten(2).transpose(1, 2)  # (B, N, D), patches row by row
 
 
+class ConvStem(nn.Module):
+    """Tokens from a small conv stack instead of one patch convolution (Xiao et al. 2021, "Early
+    convolutions help transformers see better"): (B, C, H, W) -> (B, N, D) on the same P x P grid.
+
+    log2(P) blocks of 3x3 convolution with stride 2, BatchNorm and ReLU (widths doubling up to D/2),
+    then a 1x1 convolution to D (``proj``, the counterpart of ``PatchEmbedding.proj``). Each token
+    then sees an overlapping window of the image, with the inductive bias of a CNN in front.
+    """
+
+    def __init__(self, patch_size: int, in_channels: int, dim: int):
+        super().__init__()
+        _check_patch_size(patch_size)
+        if patch_size < 2 or patch_size & (patch_size - 1):
+            raise ValueError(f"a conv stem needs a patch_size that is a power of 2 >= 2 (one stride-2 conv per "
+                             f"halving), got {patch_size}; use stem='patch' for other sizes")
+        self.patch_size, self.in_channels, self.dim = patch_size, in_channels, dim
+        halvings = patch_size.bit_length() - 1
+        widths = [max(dim // 2 ** (halvings - i), 8) for i in range(halvings)]  # e.g. D/4, D/2 for P = 4
+        layers, channels = [], in_channels
+        for width in widths:
+            layers += [nn.Conv2d(channels, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width),
+                       nn.ReLU(inplace=True)]
+            channels = width
+        self.convs = nn.Sequential(*layers)
+        self.proj = nn.Conv2d(channels, dim, kernel_size=1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        _check_image_batch(images, self.patch_size, self.in_channels)
+        _check_model_input(images, self.proj.weight)
+        tokens = self.proj(self.convs(images))  # (B, D, H/P, W/P)
+        return tokens.flatten(2).transpose(1, 2)  # (B, N, D), row by row
+
+
 def sincos_2d_position_embedding(grid_h: int, grid_w: int, dim: int, base: float = 10000.0) -> torch.Tensor:
     """Fixed 2D sin-cos position embeddings (grid_h * grid_w, dim), patches row by row.
 
@@ -135,6 +169,11 @@ class ViTConfig(Config):
     norm_eps: float = setting(1e-6, "LayerNorm epsilon", Range(0, 1, low_open=True))
     dynamic_size: bool = setting(False, "accept other image sizes (multiples of patch_size), resampling "
                                         "the position embeddings", FLAG)
+    stem: str = setting("patch", "tokens from one strided patch convolution (patch) or a small conv stack (conv)",
+                        Choice(STEMS))
+    drop_path: float = probability(0.0, "stochastic depth: the rate of the last block (rising from 0 in the first)")
+    distill_token: bool = setting(False, "add DeiT's distillation token and its head (the logits average both)",
+                                  FLAG)
 
     def check_fields(self) -> None:
         if self.image_size % self.patch_size:
@@ -145,6 +184,11 @@ class ViTConfig(Config):
                                            f"each head gets dim / num_heads channels")
         if self.pos_embed == "sincos2d" and self.dim % 4:
             raise ConfigError("dim", f"dim must be divisible by 4 for 2D sin-cos embeddings, got {self.dim}")
+        if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
+            raise ConfigError("stem", f"stem='conv' needs a patch_size that is a power of 2 >= 2, got "
+                                      f"{self.patch_size}; use stem='patch'")
+        if self.distill_token and self.pool != "cls":
+            raise ConfigError("distill_token", "a distillation token sits beside the class token: use pool='cls'")
 
 
 class ViT(nn.Module):
@@ -162,29 +206,37 @@ class ViT(nn.Module):
         self.image_size, self.patch_size, self.pool = image_size, patch_size, pool
         self.grid_size = image_size // patch_size
         self.num_patches = self.grid_size**2
-        self.num_tokens = self.num_patches + (1 if pool == "cls" else 0)  # T
+        self.num_extra = (1 if pool == "cls" else 0) + (1 if config.distill_token else 0)  # class (+ distillation)
+        self.num_tokens = self.num_patches + self.num_extra  # T
 
-        self.patch_embed = PatchEmbedding(patch_size, config.in_channels, dim)
+        stem = PatchEmbedding if config.stem == "patch" else ConvStem
+        self.patch_embed = stem(patch_size, config.in_channels, dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if pool == "cls" else None
         if config.pos_embed == "learned":
             self.pos_embed = nn.Parameter(torch.empty(1, self.num_tokens, dim))
         elif config.pos_embed == "sincos2d":  # fixed, rebuilt from the config: not saved in checkpoints
             table = sincos_2d_position_embedding(self.grid_size, self.grid_size, dim)  # (N, D)
-            if pool == "cls":
-                table = torch.cat([torch.zeros(1, dim), table])  # the class token gets no position
+            if self.num_extra:
+                table = torch.cat([torch.zeros(self.num_extra, dim), table])  # class/distillation: no position
             self.register_buffer("pos_embed", table[None], persistent=False)  # (1, T, D)
         else:
             self.pos_embed = None
         self.dropout = nn.Dropout(config.dropout)
         self.encoder = Encoder(dim, config.depth, config.num_heads, config.mlp_dim, config.dropout, config.attn_dropout,
-                               config.norm_eps)
+                               config.norm_eps, config.drop_path)
         self.head = nn.Linear(dim, config.num_classes)
+        if config.distill_token:  # DeiT: a second learned token, read out by its own head
+            self.dist_token = nn.Parameter(torch.zeros(1, 1, dim))
+            self.head_dist = nn.Linear(dim, config.num_classes)
+        else:
+            self.dist_token = self.head_dist = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Initialization as in torchvision's ViT (itself from the original JAX code)."""
-        fan_in = self.patch_embed.proj.in_channels * self.patch_size**2
-        nn.init.trunc_normal_(self.patch_embed.proj.weight, std=math.sqrt(1.0 / fan_in))
+        proj = self.patch_embed.proj
+        fan_in = proj.in_channels * proj.kernel_size[0] * proj.kernel_size[1]  # C * P * P for the patch stem
+        nn.init.trunc_normal_(proj.weight, std=math.sqrt(1.0 / fan_in))
         nn.init.zeros_(self.patch_embed.proj.bias)
         if isinstance(self.pos_embed, nn.Parameter):
             nn.init.normal_(self.pos_embed, std=0.02)
@@ -197,6 +249,10 @@ class ViT(nn.Module):
                 nn.init.normal_(linear.bias, std=1e-6)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+        if self.head_dist is not None:
+            nn.init.trunc_normal_(self.dist_token, std=0.02)
+            nn.init.zeros_(self.head_dist.weight)
+            nn.init.zeros_(self.head_dist.bias)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> input tokens of the encoder (B, T, D)."""
@@ -211,7 +267,8 @@ class ViT(nn.Module):
             )
         tokens = self.patch_embed(images)  # (B, N, D)
         if self.cls_token is not None:
-            tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)  # (B, T, D)
+            extra = [self.cls_token] + ([self.dist_token] if self.dist_token is not None else [])
+            tokens = torch.cat([t.expand(tokens.shape[0], -1, -1) for t in extra] + [tokens], dim=1)  # (B, T, D)
         if self.pos_embed is not None:
             tokens = tokens + self.position_embedding(height // self.patch_size, width // self.patch_size)
         return self.dropout(tokens)
@@ -225,8 +282,8 @@ class ViT(nn.Module):
         """
         if (rows, cols) == (self.grid_size, self.grid_size):
             return self.pos_embed
-        extra = 1 if self.cls_token is not None else 0
-        cls_pos, grid = self.pos_embed[:, :extra], self.pos_embed[:, extra:]  # (1, 1 or 0, D), (1, N, D)
+        extra = self.num_extra
+        cls_pos, grid = self.pos_embed[:, :extra], self.pos_embed[:, extra:]  # (1, extra, D), (1, N, D)
         dim = grid.shape[-1]
         grid = grid.reshape(1, self.grid_size, self.grid_size, dim).permute(0, 3, 1, 2)  # (1, D, g, g)
         grid = nn.functional.interpolate(grid, size=(rows, cols), mode="bicubic", align_corners=False,
@@ -239,12 +296,25 @@ class ViT(nn.Module):
         return self.encoder(self.embed(images))
 
     def pool_and_classify(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Tokens (B, T, D) -> logits (B, num_classes), from the class token or the mean of all tokens."""
+        """Tokens (B, T, D) -> logits (B, num_classes), from the class token or the mean of all tokens.
+
+        With a distillation token: the mean of the class head's and the distillation head's logits (DeiT).
+        """
+        if self.head_dist is not None:
+            return sum(self.both_heads(tokens)) / 2
         pooled = tokens[:, 0] if self.pool == "cls" else tokens.mean(dim=1)  # (B, D)
         return self.head(pooled)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.pool_and_classify(self.forward_features(images))
+    def both_heads(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """DeiT's two outputs from the tokens (B, T, D): class-token logits and distillation-token logits."""
+        if self.head_dist is None:
+            raise ValueError("this ViT has no distillation token; build it with distill_token=True")
+        return self.head(tokens[:, 0]), self.head_dist(tokens[:, 1])  # (B, classes) each
+
+    def forward(self, images: torch.Tensor, both_heads: bool = False):
+        """Logits (B, classes); ``both_heads=True`` (distillation token only): the pair (class, distillation)."""
+        tokens = self.forward_features(images)
+        return self.both_heads(tokens) if both_heads else self.pool_and_classify(tokens)
 
     def forward_with_attention(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (B, classes) and every layer's attention weights (depth, B, H, T, T)."""
@@ -334,6 +404,9 @@ def load_torchvision_weights(model: ViT, state_dict: Mapping[str, torch.Tensor])
     Raises ``ValueError`` naming every missing, unexpected and wrongly shaped key when the
     state dict belongs to another configuration (e.g. ``vit_b_32``) or another architecture.
     """
+    if model.config.stem != "patch" or model.config.distill_token:
+        raise ValueError("torchvision's VisionTransformer has a patch stem and no distillation token; build the "
+                         "ViT with stem='patch', distill_token=False")
     if model.pool != "cls" or not isinstance(model.pos_embed, nn.Parameter):
         raise ValueError(
             "torchvision's VisionTransformer uses a class token and learned position embeddings; "

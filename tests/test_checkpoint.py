@@ -94,7 +94,8 @@ def test_a_small_file_cannot_ask_for_a_huge_model(tmp_path):
 
 
 @pytest.mark.parametrize("changes, message", [
-    (dict(architecture="resnet"), r"bad or missing architecture 'resnet' \(minivit knows vit, small_cnn, detr\)"),
+    (dict(architecture="resnet"),
+     r"bad or missing architecture 'resnet' \(minivit knows vit, small_cnn, detr, window_vit\)"),
     (dict(config={**TINY_VIT.to_dict(), "dim": -32}), r"invalid vit config: ViTConfig\.dim must be an integer >= 1"),
     (dict(config={**TINY_VIT.to_dict(), "width": 3}), "invalid vit config: ViTConfig has no field.*width"),
     (dict(config={**TINY_VIT.to_dict(), "dim": 33}), "dim=33 is not divisible by num_heads=2"),

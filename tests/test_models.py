@@ -39,7 +39,7 @@ def test_overrides_and_unknown_names():
         config_from_dict("resnet", {})
     with pytest.raises(ConfigError, match="SmallCNNConfig has no field.*depth"):
         config_from_dict("small_cnn", {"depth": 3})
-    assert set(ARCHITECTURES) == {"vit", "small_cnn", "detr"}
+    assert set(ARCHITECTURES) == {"vit", "small_cnn", "detr", "window_vit"}
 
 
 def test_the_old_views_read_the_registry():

@@ -405,3 +405,39 @@ def test_stray_temp_files_of_interrupted_writes_are_removed_at_the_next_start(tm
     assert not (tmp_path / "last.pt.tmp").exists() and not (tmp_path / "history.json.tmp").exists()
     assert (tmp_path / "notes.tmp").exists() and (tmp_path / "last.pt").is_file()
     assert "removed 2 temp file(s) of an interrupted write" in capsys.readouterr().out
+
+
+def test_mixing_off_by_default_and_on_changes_the_run():
+    assert CONFIG.mixup_alpha == 0 and CONFIG.cutmix_alpha == 0
+    plain = fit(tiny_vit(), TRAIN, TEST, CONFIG.replace(epochs=1), **OPTIONS)
+    mixed = fit(tiny_vit(), TRAIN, TEST, CONFIG.replace(epochs=1, mixup_alpha=0.4, cutmix_alpha=1.0), **OPTIONS)
+    again = fit(tiny_vit(), TRAIN, TEST, CONFIG.replace(epochs=1, mixup_alpha=0.4, cutmix_alpha=1.0), **OPTIONS)
+    assert mixed.train_loss != plain.train_loss
+    assert mixed.train_loss == again.train_loss and mixed.test_acc == again.test_acc  # reproducible
+
+
+def test_distillation_trains_both_heads_from_a_frozen_teacher():
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 4))
+    before = {key: value.clone() for key, value in teacher.state_dict().items()}
+    student = tiny_vit(distill_token=True)
+    history = fit(student, TRAIN, TEST, CONFIG.replace(epochs=1), teacher=teacher, **OPTIONS)
+    assert math.isfinite(history.train_loss[-1])
+    assert all(torch.equal(before[key], value) for key, value in teacher.state_dict().items())  # frozen
+    assert student.head_dist.weight.abs().sum() > 0 and student.head.weight.abs().sum() > 0  # both heads learned
+    with pytest.raises(ValueError, match="distill_token=True"):
+        fit(tiny_vit(), TRAIN, TEST, CONFIG.replace(epochs=1), teacher=teacher, **OPTIONS)
+
+
+def test_a_checkpoint_from_before_mixup_resumes_and_a_mixed_run_does_not_resume_a_plain_one(tmp_path):
+    config = CONFIG.replace(epochs=2)
+    fit(tiny_vit(), TRAIN, TEST, config, checkpoint_dir=tmp_path, stop_after=1, **OPTIONS)
+    path = tmp_path / "last.pt"
+    checkpoint = torch.load(path, weights_only=False)
+    for key in ("mixup_alpha", "cutmix_alpha"):  # as written before these fields existed
+        del checkpoint["meta"]["train_config"][key]
+    torch.save(checkpoint, path)
+    history = fit(tiny_vit(), TRAIN, TEST, config, checkpoint_dir=tmp_path, **OPTIONS)
+    assert history.epochs == 2
+    with pytest.raises(ValueError, match="another recipe.*mixup_alpha"):
+        fit(tiny_vit(), TRAIN, TEST, config.replace(mixup_alpha=0.5), checkpoint_dir=tmp_path, **OPTIONS)

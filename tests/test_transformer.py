@@ -59,3 +59,47 @@ def test_encoder_returns_every_layers_attention():
     assert weights.shape == (3, 2, 4, 6, 6)
     torch.testing.assert_close(out, encoder(x), atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(weights.sum(-1), torch.ones(3, 2, 4, 6))
+
+
+def test_drop_path_is_identity_in_eval_and_without_rate():
+    from minivit.transformer import DropPath, drop_path
+
+    x = torch.randn(8, 5, 4)
+    assert torch.equal(drop_path(x, 0.5, training=False), x)
+    assert torch.equal(drop_path(x, 0.0, training=True), x)
+    module = DropPath(0.3).eval()
+    assert torch.equal(module(x), x)
+    with pytest.raises(ValueError, match=r"rate must be in \[0, 1\)"):
+        DropPath(1.0)
+
+
+def test_drop_path_drops_whole_samples_at_the_expected_rate():
+    from minivit.transformer import drop_path
+
+    torch.manual_seed(0)
+    x = torch.ones(20_000, 3, 2)
+    out = drop_path(x, 0.25, training=True)
+    per_sample = out.reshape(20_000, -1)
+    # each sample is all zeros or all 1 / (1 - rate): whole branches are dropped, not single values
+    assert ((per_sample == 0).all(1) | (per_sample == 1 / 0.75).all(1)).all()
+    keep_rate = (per_sample[:, 0] > 0).float().mean().item()
+    assert abs(keep_rate - 0.75) < 0.015  # 3 sigma of a binomial with n = 20,000
+    assert abs(out.mean().item() - 1.0) < 0.03  # the expectation is unchanged
+
+
+def test_encoder_drop_path_rates_rise_linearly_and_change_nothing_at_zero():
+    from minivit.transformer import DropPath, drop_path_rates
+
+    assert drop_path_rates(0.3, 4) == pytest.approx([0.0, 0.1, 0.2, 0.3])
+    encoder = Encoder(dim=8, depth=4, num_heads=2, mlp_dim=16, drop_path=0.3)
+    rates = [block.drop_path.rate if isinstance(block.drop_path, DropPath) else 0.0 for block in encoder.blocks]
+    assert rates == pytest.approx([0.0, 0.1, 0.2, 0.3])
+    torch.manual_seed(0)
+    plain = Encoder(dim=8, depth=2, num_heads=2, mlp_dim=16)
+    torch.manual_seed(0)
+    dropped = Encoder(dim=8, depth=2, num_heads=2, mlp_dim=16, drop_path=0.5)
+    assert plain.state_dict().keys() == dropped.state_dict().keys()  # no new parameters
+    x = torch.randn(2, 3, 8)
+    torch.testing.assert_close(plain.eval()(x), dropped.eval()(x), rtol=0, atol=0)
+    dropped.train()
+    assert not torch.allclose(dropped(x.repeat(64, 1, 1)), plain(x.repeat(64, 1, 1)))

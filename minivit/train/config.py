@@ -85,6 +85,10 @@ class TrainConfig(Config):
                                         ProgressiveSchedule(), parse=parse_progressive, metavar="JSON|none")
     eval_every: int = setting(1, "test every N epochs and after the last (0: only after the last)",
                               Range(0, integer=True), must_match_on_resume=False)
+    mixup_alpha: float = setting(0.0, "mixup: blend image pairs with lambda ~ Beta(a, a) and soft labels (0: off)",
+                                 Range(0))
+    cutmix_alpha: float = setting(0.0, "CutMix: paste a box of another image, lambda ~ Beta(a, a) (0: off; with "
+                                       "mixup too, one of the two per batch)", Range(0))
 
     def resume_fields(self) -> dict:
         """The fields a checkpoint's run must share for this run to resume it."""

@@ -19,9 +19,11 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from minivit.data.augment import Augment, channel_stats, iterate_batches, normalize, num_batches
+from minivit.data.augment import Augment, channel_stats, iterate_batches, normalize, num_batches, step_generator
 from minivit.data.cifar10 import ImageSet
+from minivit.data.mix import mix_batch
 from minivit.devices import Precision, autocast, choose_precision, timed
+from minivit.distill import check_student, freeze, hard_distillation_loss
 from minivit.train.checkpoint import TEMP_SUFFIX, check_fits, read_checkpoint, save_checkpoint
 from minivit.train.config import TrainConfig
 from minivit.train.distributed import default_device, rank_and_world_size
@@ -73,6 +75,7 @@ class _Run:
     train_model: nn.Module | None = None
     history: History = field(default_factory=History)
     start_epoch: int = 0
+    teacher: nn.Module | None = None  # DeiT distillation: a frozen classifier, on the device
 
     @property
     def eval_model(self) -> nn.Module:
@@ -81,7 +84,8 @@ class _Run:
 
 def fit(model: nn.Module, train_set: ImageSet, test_set: ImageSet, config: TrainConfig, *,
         augment: Augment | None = DEFAULT_AUGMENT, checkpoint_dir: str | Path | None = None, resume: bool = True,
-        device: torch.device | str | None = None, stop_after: int | None = None, progress: bool = True) -> History:
+        device: torch.device | str | None = None, stop_after: int | None = None, progress: bool = True,
+        teacher: nn.Module | None = None) -> History:
     """Train ``model`` on ``train_set`` as ``config`` says, testing on ``test_set``; returns the :class:`History`.
 
     ``augment`` is applied to each training batch (None: no augmentation). With ``checkpoint_dir``
@@ -90,13 +94,21 @@ def fit(model: nn.Module, train_set: ImageSet, test_set: ImageSet, config: Train
     epochs (as if interrupted). ``device`` defaults to :func:`minivit.devices.get_device` (each
     process's own GPU under torchrun). A NaN or infinite loss raises :class:`TrainingDiverged`;
     the checkpoint of the last finished epoch stays as it was.
+
+    ``teacher`` (a trained classifier, frozen here) turns on DeiT's hard distillation: ``model`` must
+    have a distillation token (``ViTConfig(distill_token=True)``); see :mod:`minivit.distill`.
+    ``config.mixup_alpha`` / ``cutmix_alpha`` > 0 mix each batch (:mod:`minivit.data.mix`).
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}: "
                         f"fit(model, train_set, test_set, TrainConfig(epochs=..., lr=...))")
     if len(train_set) < config.batch_size:
         raise ValueError(f"the training set has {len(train_set)} images, fewer than one batch of {config.batch_size}")
+    if teacher is not None:
+        check_student(model)
     run = _start(model, train_set, config, device, progress)
+    if teacher is not None:
+        run.teacher = freeze(teacher.to(run.device))
     recipe = _recipe(config, augment, len(train_set))
     checkpoint_path = Path(checkpoint_dir) / "last.pt" if checkpoint_dir is not None else None
     if checkpoint_path is not None and run.rank == 0:
@@ -205,7 +217,9 @@ def _train_epoch(run: _Run, epoch: int, augment: Augment | None, progress: bool,
     watch = _DivergenceWatch(run, epoch, checkpoint_path)
     for step, (images, labels) in enumerate(bar):
         lr = run.optimizer.param_groups[0]["lr"]
-        loss, logits = _train_step(run, images, labels, run.sizes[epoch])
+        mix = (step_generator(config.seed, epoch, run.steps_per_epoch + step)  # not a generator augment uses
+               if config.mixup_alpha or config.cutmix_alpha else None)
+        loss, logits = _train_step(run, images, labels, run.sizes[epoch], mix)
         watch.record(loss, lr)
         totals += torch.stack([loss.detach() * len(labels), (logits.argmax(1) == labels).sum(),
                                torch.tensor(len(labels), device=run.device)])
@@ -220,14 +234,29 @@ def _train_epoch(run: _Run, epoch: int, augment: Augment | None, progress: bool,
     return totals
 
 
-def _train_step(run: _Run, images: torch.Tensor, labels: torch.Tensor,
-                size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step on a uint8 batch (B, C, H, W); returns the loss and the logits (B, classes)."""
+def _train_step(run: _Run, images: torch.Tensor, labels: torch.Tensor, size: int,
+                mix: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on a uint8 batch (B, C, H, W); returns the loss and the logits (B, classes).
+
+    ``mix``: the generator of this step's mixup/CutMix (None: no mixing).
+    """
     config = run.config
     inputs = resize_batch(normalize(images, run.mean, run.std), size)  # (B, C, size, size) float
+    targets = labels  # (B,) class indices, or (B, classes) probabilities once mixed
+    if mix is not None:
+        num_classes = run.model.config.num_classes if hasattr(run.model, "config") else int(run.labels.max()) + 1
+        inputs, targets = mix_batch(inputs, labels, num_classes, config.mixup_alpha, config.cutmix_alpha, mix)
     with autocast(run.device, run.precision.dtype):
-        logits = run.train_model(inputs)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+        if run.teacher is not None:
+            cls_logits, dist_logits = run.train_model(inputs, both_heads=True)
+            with torch.no_grad():
+                teacher_logits = run.teacher(inputs)
+            loss = hard_distillation_loss(cls_logits.float(), dist_logits.float(), targets, teacher_logits.float(),
+                                          config.label_smoothing)
+            logits = (cls_logits + dist_logits) / 2
+        else:
+            logits = run.train_model(inputs)
+            loss = F.cross_entropy(logits.float(), targets, label_smoothing=config.label_smoothing)
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
     if config.grad_clip:
@@ -303,12 +332,15 @@ def _save(run: _Run, epochs_done: int, path: Path, train_set: ImageSet, recipe: 
 
 def _recipe_changes(meta: dict, recipe: dict) -> dict[str, tuple]:
     """``{name: (stored, now)}`` for each value of ``recipe`` that the checkpoint's ``meta`` records differently."""
-    stored_config = meta.get("train_config", {})
+    stored_config = {**_LATER_FIELDS, **meta.get("train_config", {})}  # older checkpoints lack the later fields
     changed = {key: (stored_config.get(key), value) for key, value in recipe["train_config"].items()
                if stored_config.get(key) != value}
     changed.update({key: (meta.get(key), recipe[key]) for key in ("augment", "train_size")
                     if meta.get(key) != recipe[key]})
     return changed
+
+
+_LATER_FIELDS = {"mixup_alpha": 0.0, "cutmix_alpha": 0.0}  # TrainConfig fields added after checkpoints were written
 
 
 def _resume(run: _Run, path: Path, recipe: dict, progress: bool) -> None:
