@@ -91,7 +91,7 @@ ex2 = Exercise(
     The checker compares it with `minivit.conv.conv2d_unfold` on non-square images and kernels.
     """,
     starter="""
-    import torch.nn.functional as F
+    import torch.nn.functional as F  # noqa: F401, F811
 
     from minivit.exercises.ch1 import ex2
 
@@ -257,14 +257,14 @@ ex5 = Exercise(
     """,
     starter="""
     import torch
-    import torch.nn.functional as F
 
     from minivit.exercises.ch1 import ex5
 
     torch.manual_seed(0)
     x, w = torch.randn(1, 1, 16, 16), torch.randn(1, 1, 3, 3)
     shift = lambda t: torch.roll(t, shifts=3, dims=-1)  # noqa: E731
-    diff = (F.conv2d(shift(x), w, padding=1) - shift(F.conv2d(x, w, padding=1))).abs()[0, 0]
+    conv = torch.nn.functional.conv2d
+    diff = (conv(shift(x), w, padding=1) - shift(conv(x, w, padding=1))).abs()[0, 0]
     print("columns where they differ:", diff.amax(dim=0).gt(1e-5).nonzero().flatten().tolist(), "of 0..15")
 
     answer = ...  # 'A', 'B', 'C' or 'D'

@@ -155,7 +155,7 @@ ex3 = Exercise(
     its output only.
     """,
     starter="""
-    from minivit.attention import scaled_dot_product_attention
+    from minivit.attention import scaled_dot_product_attention  # noqa: F401, F811
     from minivit.exercises.ch2 import ex3
 
 
@@ -231,11 +231,12 @@ ex5 = Exercise(
     """,
     starter="""
     import minivit
-    from minivit.attention import measure_attention_cost
+    import minivit.attention
     from minivit.exercises.ch2 import ex5
 
     n = minivit.by_profile(smoke=256, cpu=512, gpu=1024)
-    small, large = (measure_attention_cost(t, head_dim=16, fused=False, repeats=1) for t in (n, 2 * n))
+    small, large = (minivit.attention.measure_attention_cost(t, head_dim=16, fused=False, repeats=1)
+                    for t in (n, 2 * n))
     print(f"N = {n}: {small.peak_bytes / 1e6:.1f} MB; N = {2 * n}: {large.peak_bytes / 1e6:.1f} MB; "
           f"ratio {large.peak_bytes / small.peak_bytes:.2f}")
 

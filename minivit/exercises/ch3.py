@@ -126,7 +126,7 @@ ex3 = Exercise(
     """,
     starter="""
     from minivit.exercises.ch3 import ex3
-    from minivit.transformer import sinusoidal_position_encoding
+    from minivit.transformer import sinusoidal_position_encoding  # noqa: F401, F811
 
 
     def sincos_2d(grid_h, grid_w, dim):
@@ -206,14 +206,13 @@ ex4 = Exercise(
     """,
     starter="""
     import minivit
-    from minivit.data import load_cifar10
-    from minivit.data.augment import normalize
+    import minivit.data.augment
+    import minivit.train
     from minivit.exercises.ch3 import ex4
-    from minivit.train import load_pretrained_cifar_vit
 
-    trained_vit, trained_info = load_pretrained_cifar_vit()
-    test_images = load_cifar10("test", limit=minivit.by_profile(smoke=200, cpu=2000, gpu=10000))
-    inputs = normalize(test_images.images, trained_info["mean"], trained_info["std"])
+    trained_vit, trained_info = minivit.train.load_pretrained_cifar_vit()
+    test_images = minivit.data.load_cifar10("test", limit=minivit.by_profile(smoke=200, cpu=2000, gpu=10000))
+    inputs = minivit.data.augment.normalize(test_images.images, trained_info["mean"], trained_info["std"])
 
 
     def accuracy_drop(model, images, labels):

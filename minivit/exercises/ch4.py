@@ -234,15 +234,14 @@ ex4 = Exercise(
     import torch
 
     import minivit
-    from minivit.data import load_cifar10
-    from minivit.data.augment import normalize
+    import minivit.data.augment
+    import minivit.train
     from minivit.exercises.ch4 import ex4
-    from minivit.train import load_pretrained_cifar_vit
 
-    shipped, shipped_info = load_pretrained_cifar_vit()
+    shipped, shipped_info = minivit.train.load_pretrained_cifar_vit()
     shipped.eval()
-    flip_set = load_cifar10("test", limit=minivit.by_profile(smoke=200, cpu=2000, gpu=10000))
-    flip_inputs = normalize(flip_set.images, shipped_info["mean"], shipped_info["std"])
+    flip_set = minivit.data.load_cifar10("test", limit=minivit.by_profile(smoke=200, cpu=2000, gpu=10000))
+    flip_inputs = minivit.data.augment.normalize(flip_set.images, shipped_info["mean"], shipped_info["std"])
     with torch.no_grad():
         for what, x in [("original", flip_inputs), ("mirrored", flip_inputs.flip(-1)),
                         ("upside down", flip_inputs.flip(-2))]:

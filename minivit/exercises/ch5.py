@@ -134,7 +134,7 @@ ex3 = Exercise(
     `minivit.boxes.box_cxcywh_to_xyxy`.
     """,
     starter="""
-    from minivit.boxes import box_cxcywh_to_xyxy
+    from minivit.boxes import box_cxcywh_to_xyxy  # noqa: F401, F811
     from minivit.exercises.ch5 import ex3
 
 
@@ -239,15 +239,15 @@ ex5 = Exercise(
     starter="""
     import torch
 
-    from minivit.detection import load_tiny_detr
-    from minivit.detr import pad_images
+    import minivit.detection
+    import minivit.detr
     from minivit.exercises.ch5 import ex5
 
     torch.manual_seed(0)
-    tiny_detr, _ = load_tiny_detr()
+    tiny_detr, _ = minivit.detection.load_tiny_detr()
     tiny_detr.eval()
     small, large = torch.rand(3, 40, 48), torch.rand(3, 64, 64)
-    padded_batch, batch_mask = pad_images([small, large])
+    padded_batch, batch_mask = minivit.detr.pad_images([small, large])
     with torch.no_grad():
         alone = tiny_detr(small[None])["pred_boxes"][0]
         masked = tiny_detr(padded_batch, batch_mask)["pred_boxes"][0]

@@ -58,7 +58,7 @@ ex1 = Exercise(
     do not overlap, where GIoU and IoU differ most.
     """,
     starter="""
-    from minivit.boxes import box_iou
+    from minivit.boxes import box_iou  # noqa: F401, F811
     from minivit.exercises.ch6 import ex1
 
 
@@ -131,9 +131,9 @@ ex2 = Exercise(
     `minivit.boxes.generalized_box_iou` on xyxy boxes.
     """,
     starter="""
-    import torch
+    import torch  # noqa: F401, F811
 
-    from minivit.boxes import box_cxcywh_to_xyxy, generalized_box_iou
+    from minivit.boxes import box_cxcywh_to_xyxy, generalized_box_iou  # noqa: F401, F811
     from minivit.exercises.ch6 import ex2
 
 
@@ -301,15 +301,16 @@ ex5 = Exercise(
     """,
     starter="""
     import minivit
-    from minivit.data.shapes import make_shapes
-    from minivit.detection import evaluate_map, load_tiny_detr
+    import minivit.data.shapes
+    import minivit.detection
     from minivit.exercises.ch6 import ex5
 
-    shipped_detr, shipped_detr_info = load_tiny_detr()
-    held_out = make_shapes(minivit.by_profile(smoke=32, cpu=300, gpu=500), seed=123,
+    shipped_detr, shipped_detr_info = minivit.detection.load_tiny_detr()
+    held_out = minivit.data.shapes.make_shapes(minivit.by_profile(smoke=32, cpu=300, gpu=500), seed=123,
                            image_size=shipped_detr_info["image_size"])
     for threshold in (0.5, 0.75):
-        print(f"mAP@{threshold}: {evaluate_map(shipped_detr, held_out.images, held_out.targets, threshold):.3f}")
+        score = minivit.detection.evaluate_map(shipped_detr, held_out.images, held_out.targets, threshold)
+        print(f"mAP@{threshold}: {score:.3f}")
 
     answer = ...  # 'A', 'B', 'C' or 'D'
     ex5.check(answer)

@@ -91,7 +91,7 @@ ex2 = Exercise(
     layers, `R = A_L ... A_2 A_1`. The checker compares with `minivit.viz.maps.attention_rollout`.
     """,
     starter="""
-    import torch
+    import torch  # noqa: F401, F811
 
     from minivit.exercises.ch7 import ex2
 
@@ -155,7 +155,7 @@ ex3 = Exercise(
     """,
     starter="""
     from minivit.exercises.ch7 import ex3
-    from minivit.viz.maps import patch_distance_matrix
+    from minivit.viz.maps import patch_distance_matrix  # noqa: F401, F811
 
 
     def mean_distance(attention, grid_size, patch_size):
@@ -199,17 +199,17 @@ ex4 = Exercise(
     """,
     starter="""
     import minivit
-    from minivit import viz
-    from minivit.data import load_cifar10
-    from minivit.data.augment import normalize
+    import minivit.data.augment
+    import minivit.train
+    import minivit.viz
     from minivit.exercises.ch7 import ex4
-    from minivit.train import load_pretrained_cifar_vit
 
-    vit, vit_info = load_pretrained_cifar_vit()
-    sample = load_cifar10("test", limit=minivit.by_profile(smoke=16, cpu=256, gpu=1000))
-    _, maps = viz.capture_attention(vit, normalize(sample.images, vit_info["mean"], vit_info["std"]))
-    per_head = viz.mean_attention_distance(maps, vit.grid_size, vit.patch_size).mean(dim=1)  # (layers, heads)
-    uniform = viz.patch_distance_matrix(vit.grid_size, vit.patch_size).mean().item()
+    vit, vit_info = minivit.train.load_pretrained_cifar_vit()
+    sample = minivit.data.load_cifar10("test", limit=minivit.by_profile(smoke=16, cpu=256, gpu=1000))
+    inputs = minivit.data.augment.normalize(sample.images, vit_info["mean"], vit_info["std"])
+    _, maps = minivit.viz.capture_attention(vit, inputs)
+    per_head = minivit.viz.mean_attention_distance(maps, vit.grid_size, vit.patch_size).mean(dim=1)  # (layers, heads)
+    uniform = minivit.viz.patch_distance_matrix(vit.grid_size, vit.patch_size).mean().item()
     for layer, heads in enumerate(per_head.tolist()):
         print(f"layer {layer}: " + ", ".join(f"{d:.1f}" for d in heads) + " px")
     print(f"a uniform head: {uniform:.1f} px")
