@@ -247,6 +247,7 @@ ex4 = Exercise(
                         ("upside down", flip_inputs.flip(-2))]:
             accuracy = (shipped(x).argmax(1) == flip_set.labels).float().mean().item()
             print(f"{what:12s} {accuracy:.1%} on {len(flip_set)} test images")
+    print("data:", flip_set.source)
 
     answer = ...  # 'A', 'B', 'C' or 'D'
     ex4.check(answer)
