@@ -2,14 +2,17 @@
 unattempted and crashing answers are reported in one line, hints escalate, and the insertion script works."""
 from __future__ import annotations
 
+import ast
 import copy
 import importlib.util
+import io
 import json
 import math
 import shutil
 import subprocess
 import sys
 import textwrap
+import tokenize
 from pathlib import Path
 
 import numpy as np
@@ -416,7 +419,7 @@ def test_hint_escalates_and_solution_prints(capsys):
     second = capsys.readouterr().out
     assert first.startswith("Hint") and second.startswith("Stronger hint") and first != second
     exercise.solution()
-    assert "def attention" in capsys.readouterr().out
+    assert f"def {exercise.answer_name}(" in capsys.readouterr().out
 
 
 def test_every_exercise_has_two_hints_and_a_solution():
@@ -515,6 +518,41 @@ def test_solution_notebooks_match_the_exercises():
             assert f"{exercise.name}.check(" in text
             assert f"{exercise.name}: correct!" in outputs, (path.name, exercise.name)
         assert not any(o.get("output_type") == "error" for c in notebook["cells"] for o in c.get("outputs", []))
+
+
+def _bound_names(code: str) -> set[str]:
+    """Names a cell binds at the top level, imports aside (an import rebinds the same object)."""
+    tree = ast.parse(code)
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign, ast.For, ast.With)):
+            for target in ast.walk(node):
+                if isinstance(target, ast.Name) and isinstance(target.ctx, ast.Store):
+                    names.add(target.id)
+    return names
+
+
+def _notebook_names(path: Path) -> set[str]:
+    names = set()
+    for cell in json.loads(path.read_text())["cells"]:
+        if cell["cell_type"] == "code":
+            source = "\n".join(line for line in "".join(cell["source"]).splitlines()
+                               if not line.lstrip().startswith(("%", "!")))
+            names |= {t.string for t in tokenize.generate_tokens(io.StringIO(source).readline)
+                      if t.type == tokenize.NAME}
+    return names
+
+
+@pytest.mark.parametrize("number", CHAPTERS)
+def test_starters_do_not_clobber_the_notebooks_names(number):
+    """A starter cell must not rebind a name its chapter uses (e.g. `receptive_field`, `causal_mask`)."""
+    used = _notebook_names(ROOT / "notebooks" / chapter(number).NOTEBOOK)
+    for exercise in chapter(number).EXERCISES:
+        bound = _bound_names(textwrap.dedent(exercise.starter)) - {"answer"}
+        assert not bound & used, (exercise.name, sorted(bound & used))
+        assert all(name.startswith(("my_", "measure_", "shipped_", "cifar_")) for name in bound), sorted(bound)
 
 
 def test_reference_solutions_are_self_contained():

@@ -34,7 +34,7 @@ def _check_conv1d(fn) -> None:
 ex1 = Exercise(
     name="ex1", title="1D convolution with stride and padding", kind="implement",
     prompt="""
-    Write `conv1d(signal, kernel, stride, padding)` for plain Python lists: pad `padding` zeros on both
+    Write `my_conv1d(signal, kernel, stride, padding)` for plain Python lists: pad `padding` zeros on both
     ends, then slide the kernel (unflipped, as in deep learning) `stride` samples at a time and return
     the list of outputs. The checker compares it with `minivit.conv.conv1d_loops` on several sizes.
     """,
@@ -42,17 +42,17 @@ ex1 = Exercise(
     from minivit.exercises.ch1 import ex1
 
 
-    def conv1d(signal, kernel, stride, padding):
+    def my_conv1d(signal, kernel, stride, padding):
         raise NotImplementedError  # your code here
 
 
-    ex1.check(conv1d)
+    ex1.check(my_conv1d)
     # ex1.hint()
     # ex1.solution()
     """,
-    answer_name="conv1d",
+    answer_name="my_conv1d",
     solution_code="""
-def conv1d(signal, kernel, stride, padding):
+def my_conv1d(signal, kernel, stride, padding):
     padded = [0.0] * padding + list(signal) + [0.0] * padding
     length = (len(padded) - len(kernel)) // stride + 1
     return [sum(padded[i * stride + k] * kernel[k] for k in range(len(kernel))) for i in range(length)]
@@ -86,7 +86,7 @@ def _check_conv2d(fn) -> None:
 ex2 = Exercise(
     name="ex2", title="conv2d as one unfold and one matrix product", kind="implement",
     prompt="""
-    Write `conv2d_unfold(images, weight)` (stride 1, no padding, no bias) with exactly one `F.unfold` and
+    Write `my_conv2d_unfold(images, weight)` (stride 1, no padding, no bias) with exactly one `F.unfold` and
     one matrix product: images (B, C_in, H, W), weight (C_out, C_in, kH, kW) -> (B, C_out, H_out, W_out).
     The checker compares it with `minivit.conv.conv2d_unfold` on non-square images and kernels.
     """,
@@ -96,20 +96,20 @@ ex2 = Exercise(
     from minivit.exercises.ch1 import ex2
 
 
-    def conv2d_unfold(images, weight):
+    def my_conv2d_unfold(images, weight):
         raise NotImplementedError  # your code here: F.unfold, then one matrix product
 
 
-    ex2.check(conv2d_unfold)
+    ex2.check(my_conv2d_unfold)
     # ex2.hint()
     # ex2.solution()
     """,
-    answer_name="conv2d_unfold",
+    answer_name="my_conv2d_unfold",
     solution_code="""
 import torch.nn.functional as F
 
 
-def conv2d_unfold(images, weight):
+def my_conv2d_unfold(images, weight):
     batch, _, height, width = images.shape
     c_out, _, kh, kw = weight.shape
     columns = F.unfold(images, (kh, kw))  # (B, C_in*kH*kW, L): one column per window
@@ -154,24 +154,24 @@ def _check_out_size(fn) -> None:
 ex3 = Exercise(
     name="ex3", title="the output size of a convolution", kind="predict",
     prompt="""
-    Predict before you compute: write `out_size(size, kernel, stride, padding)`, the output length of a
+    Predict before you compute: write `my_out_size(size, kernel, stride, padding)`, the output length of a
     convolution along one axis (no dilation). Test it on a 32-pixel input, kernel 5, stride 2, padding 1.
     """,
     starter="""
     from minivit.exercises.ch1 import ex3
 
 
-    def out_size(size, kernel, stride, padding):
+    def my_out_size(size, kernel, stride, padding):
         raise NotImplementedError  # your code here
 
 
-    ex3.check(out_size)
+    ex3.check(my_out_size)
     # ex3.hint()
     # ex3.solution()
     """,
-    answer_name="out_size",
+    answer_name="my_out_size",
     solution_code="""
-def out_size(size, kernel, stride, padding):
+def my_out_size(size, kernel, stride, padding):
     return (size + 2 * padding - kernel) // stride + 1
 """,
     hints=("Count where the first window starts and how many steps of `stride` still fit in the padded input.",
@@ -212,24 +212,24 @@ def _check_receptive_field(fn) -> None:
 ex4 = Exercise(
     name="ex4", title="receptive fields of a stack", kind="implement",
     prompt="""
-    Write `receptive_field(layers)`: for a stack of convolutions given as `(kernel, stride)` pairs, return
+    Write `my_receptive_field(layers)`: for a stack of convolutions given as `(kernel, stride)` pairs, return
     the receptive field (in input pixels) after each layer, as a list.
     """,
     starter="""
     from minivit.exercises.ch1 import ex4
 
 
-    def receptive_field(layers):
+    def my_receptive_field(layers):
         raise NotImplementedError  # your code here
 
 
-    ex4.check(receptive_field)
+    ex4.check(my_receptive_field)
     # ex4.hint()
     # ex4.solution()
     """,
-    answer_name="receptive_field",
+    answer_name="my_receptive_field",
     solution_code="""
-def receptive_field(layers):
+def my_receptive_field(layers):
     field, jump, fields = 1, 1, []
     for kernel, stride in layers:
         field += (kernel - 1) * jump  # this layer's taps are `jump` input pixels apart
@@ -260,12 +260,20 @@ ex5 = Exercise(
 
     from minivit.exercises.ch1 import ex5
 
-    torch.manual_seed(0)
-    x, w = torch.randn(1, 1, 16, 16), torch.randn(1, 1, 3, 3)
-    shift = lambda t: torch.roll(t, shifts=3, dims=-1)  # noqa: E731
-    conv = torch.nn.functional.conv2d
-    diff = (conv(shift(x), w, padding=1) - shift(conv(x, w, padding=1))).abs()[0, 0]
-    print("columns where they differ:", diff.amax(dim=0).gt(1e-5).nonzero().flatten().tolist(), "of 0..15")
+
+    def measure_shift_then_conv():
+        torch.manual_seed(0)
+        x, w = torch.randn(1, 1, 16, 16), torch.randn(1, 1, 3, 3)
+
+        def shift(t):
+            return torch.roll(t, shifts=3, dims=-1)  # 3 columns to the right, wrapping around
+
+        conv = torch.nn.functional.conv2d
+        diff = (conv(shift(x), w, padding=1) - shift(conv(x, w, padding=1))).abs()[0, 0]
+        print("columns where they differ:", diff.amax(dim=0).gt(1e-5).nonzero().flatten().tolist(), "of 0..15")
+
+
+    measure_shift_then_conv()
 
     answer = ...  # 'A', 'B', 'C' or 'D'
     ex5.check(answer)

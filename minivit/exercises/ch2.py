@@ -40,7 +40,7 @@ def _check_attention(fn) -> None:
 ex1 = Exercise(
     name="ex1", title="scaled dot-product attention", kind="implement",
     prompt="""
-    Write `attention(query, key, value)` = softmax(Q K^T / sqrt(d)) V for inputs (..., N, d), (..., M, d),
+    Write `my_attention(query, key, value)` = softmax(Q K^T / sqrt(d)) V for inputs (..., N, d), (..., M, d),
     (..., M, d_v); return only the output (..., N, d_v). The checker compares it with
     `minivit.attention.scaled_dot_product_attention`, with N != M and d_v != d so that swapped axes show.
     """,
@@ -48,20 +48,20 @@ ex1 = Exercise(
     from minivit.exercises.ch2 import ex1
 
 
-    def attention(query, key, value):
+    def my_attention(query, key, value):
         raise NotImplementedError  # your code here
 
 
-    ex1.check(attention)
+    ex1.check(my_attention)
     # ex1.hint()
     # ex1.solution()
     """,
-    answer_name="attention",
+    answer_name="my_attention",
     solution_code="""
 import math
 
 
-def attention(query, key, value):
+def my_attention(query, key, value):
     scores = query @ key.transpose(-2, -1) / math.sqrt(query.shape[-1])  # (..., N, M)
     return scores.softmax(dim=-1) @ value  # (..., N, d_v)
 """,
@@ -92,27 +92,27 @@ def _check_causal(fn) -> None:
 ex2 = Exercise(
     name="ex2", title="a causal mask", kind="implement",
     prompt="""
-    Write `causal_mask(n)`: a boolean (n, n) mask for `scaled_dot_product_attention(..., attn_mask=mask)`,
+    Write `my_causal_mask(n)`: a boolean (n, n) mask for `scaled_dot_product_attention(..., attn_mask=mask)`,
     True where query i may attend to key j, so that every token sees itself and the tokens before it.
     """,
     starter="""
     from minivit.exercises.ch2 import ex2
 
 
-    def causal_mask(n):
+    def my_causal_mask(n):
         raise NotImplementedError  # your code here
 
 
-    ex2.check(causal_mask)
+    ex2.check(my_causal_mask)
     # ex2.hint()
     # ex2.solution()
     """,
-    answer_name="causal_mask",
+    answer_name="my_causal_mask",
     solution_code="""
 import torch
 
 
-def causal_mask(n):
+def my_causal_mask(n):
     return torch.ones(n, n, dtype=torch.bool).tril()  # row i (the query) allows columns j <= i
 """,
     hints=("Rows are queries, columns are keys: query i may look at keys j with j <= i.",
@@ -149,7 +149,7 @@ ex3 = Exercise(
     name="ex3", title="a key-padding mask", kind="implement",
     prompt="""
     A batch of sequences of different lengths is padded to the same length. Write
-    `padded_attention(query, key, value, key_padding)` with inputs (B, N, d) and `key_padding` (B, M), True
+    `my_padded_attention(query, key, value, key_padding)` with inputs (B, N, d) and `key_padding` (B, M), True
     at padding positions, so that no query attends to a padded key. Use
     `minivit.attention.scaled_dot_product_attention(q, k, v, attn_mask=...)` (True = may attend) and return
     its output only.
@@ -159,20 +159,20 @@ ex3 = Exercise(
     from minivit.exercises.ch2 import ex3
 
 
-    def padded_attention(query, key, value, key_padding):
+    def my_padded_attention(query, key, value, key_padding):
         raise NotImplementedError  # your code here
 
 
-    ex3.check(padded_attention)
+    ex3.check(my_padded_attention)
     # ex3.hint()
     # ex3.solution()
     """,
-    answer_name="padded_attention",
+    answer_name="my_padded_attention",
     solution_code="""
 from minivit.attention import scaled_dot_product_attention
 
 
-def padded_attention(query, key, value, key_padding):
+def my_padded_attention(query, key, value, key_padding):
     allowed = ~key_padding[:, None, :]  # (B, 1, M): the same keys for every query
     return scaled_dot_product_attention(query, key, value, attn_mask=allowed)[0]
 """,
@@ -234,11 +234,16 @@ ex5 = Exercise(
     import minivit.attention
     from minivit.exercises.ch2 import ex5
 
-    n = minivit.by_profile(smoke=256, cpu=512, gpu=1024)
-    small, large = (minivit.attention.measure_attention_cost(t, head_dim=16, fused=False, repeats=1)
-                    for t in (n, 2 * n))
-    print(f"N = {n}: {small.peak_bytes / 1e6:.1f} MB; N = {2 * n}: {large.peak_bytes / 1e6:.1f} MB; "
-          f"ratio {large.peak_bytes / small.peak_bytes:.2f}")
+
+    def measure_attention_memory():
+        n = minivit.by_profile(smoke=256, cpu=512, gpu=1024)
+        small, large = (minivit.attention.measure_attention_cost(t, head_dim=16, fused=False, repeats=1)
+                        for t in (n, 2 * n))
+        print(f"N = {n}: {small.peak_bytes / 1e6:.1f} MB; N = {2 * n}: {large.peak_bytes / 1e6:.1f} MB; "
+              f"ratio {large.peak_bytes / small.peak_bytes:.2f}")
+
+
+    measure_attention_memory()
 
     answer = ...  # 'A', 'B', 'C' or 'D'
     ex5.check(answer)
@@ -282,27 +287,27 @@ def _check_sinusoidal(fn) -> None:
 ex6 = Exercise(
     name="ex6", title="the sinusoidal position encoding", kind="implement",
     prompt="""
-    Write `sinusoidal(num_positions, dim)`, the (num_positions, dim) encoding of "Attention Is All You
+    Write `my_sinusoidal(num_positions, dim)`, the (num_positions, dim) encoding of "Attention Is All You
     Need": `PE[p, 2i] = sin(p / 10000^(2i/dim))`, `PE[p, 2i+1] = cos(p / 10000^(2i/dim))`.
     """,
     starter="""
     from minivit.exercises.ch2 import ex6
 
 
-    def sinusoidal(num_positions, dim):
+    def my_sinusoidal(num_positions, dim):
         raise NotImplementedError  # your code here
 
 
-    ex6.check(sinusoidal)
+    ex6.check(my_sinusoidal)
     # ex6.hint()
     # ex6.solution()
     """,
-    answer_name="sinusoidal",
+    answer_name="my_sinusoidal",
     solution_code="""
 import torch
 
 
-def sinusoidal(num_positions, dim):
+def my_sinusoidal(num_positions, dim):
     positions = torch.arange(num_positions, dtype=torch.float32)[:, None]  # (P, 1)
     frequencies = 10000.0 ** (-torch.arange(0, dim, 2, dtype=torch.float32) / dim)  # (dim/2,)
     encoding = torch.empty(num_positions, dim)

@@ -34,7 +34,7 @@ def _check_patchify(fn) -> None:
 ex1 = Exercise(
     name="ex1", title="patchify by reshape", kind="implement",
     prompt="""
-    Write `patchify(images, patch_size)`: (B, C, H, W) -> (B, N, P*P*C), patches row by row, each patch
+    Write `my_patchify(images, patch_size)`: (B, C, H, W) -> (B, N, P*P*C), patches row by row, each patch
     flattened as (row, column, channel), with one `reshape`, one `permute` and one more `reshape`.
     The checker uses non-square images, so a swapped grid shows.
     """,
@@ -42,17 +42,17 @@ ex1 = Exercise(
     from minivit.exercises.ch3 import ex1
 
 
-    def patchify(images, patch_size):
+    def my_patchify(images, patch_size):
         raise NotImplementedError  # your code here
 
 
-    ex1.check(patchify)
+    ex1.check(my_patchify)
     # ex1.hint()
     # ex1.solution()
     """,
-    answer_name="patchify",
+    answer_name="my_patchify",
     solution_code="""
-def patchify(images, patch_size):
+def my_patchify(images, patch_size):
     b, c, h, w = images.shape
     p = patch_size
     patches = images.reshape(b, c, h // p, p, w // p, p)  # (B, C, rows, P, cols, P)
@@ -122,7 +122,7 @@ def _check_sincos(fn) -> None:
 ex3 = Exercise(
     name="ex3", title="2D sin-cos position embeddings", kind="implement",
     prompt="""
-    Write `sincos_2d(grid_h, grid_w, dim)`: a (grid_h * grid_w, dim) table, patches row by row, whose first
+    Write `my_sincos_2d(grid_h, grid_w, dim)`: a (grid_h * grid_w, dim) table, patches row by row, whose first
     dim/2 channels are chapter 2's 1D sinusoidal encoding of the patch's row and whose last dim/2 channels
     encode its column. You may use `minivit.transformer.sinusoidal_position_encoding(num_positions, dim)`.
     """,
@@ -131,22 +131,22 @@ ex3 = Exercise(
     from minivit.transformer import sinusoidal_position_encoding  # noqa: F401, F811
 
 
-    def sincos_2d(grid_h, grid_w, dim):
+    def my_sincos_2d(grid_h, grid_w, dim):
         raise NotImplementedError  # your code here
 
 
-    ex3.check(sincos_2d)
+    ex3.check(my_sincos_2d)
     # ex3.hint()
     # ex3.solution()
     """,
-    answer_name="sincos_2d",
+    answer_name="my_sincos_2d",
     solution_code="""
 import torch
 
 from minivit.transformer import sinusoidal_position_encoding
 
 
-def sincos_2d(grid_h, grid_w, dim):
+def my_sincos_2d(grid_h, grid_w, dim):
     rows = sinusoidal_position_encoding(grid_h, dim // 2)  # (grid_h, dim/2)
     cols = sinusoidal_position_encoding(grid_w, dim // 2)  # (grid_w, dim/2)
     table = torch.cat([rows[:, None, :].expand(grid_h, grid_w, dim // 2),
@@ -213,7 +213,7 @@ def _check_drop(fn) -> None:
 ex4 = Exercise(
     name="ex4", title="remove the position embeddings of the trained ViT", kind="experiment",
     prompt="""
-    The ViT that chapter 4 trains ships with the package. Write `accuracy_drop(model, images, labels)`: the
+    The ViT that chapter 4 trains ships with the package. Write `my_accuracy_drop(model, images, labels)`: the
     test accuracy lost, in percentage points, when the model's position embeddings (`model.pos_embed`) are
     set to zero; leave the model as you found it. Then run it on CIFAR-10 test images (the offline copy is a
     JPEG q75 re-encoding of CIFAR-10, so accuracies differ from the canonical set by about a point) and
@@ -225,27 +225,27 @@ ex4 = Exercise(
     import minivit.train
     from minivit.exercises.ch3 import ex4
 
-    trained_vit, trained_info = minivit.train.load_pretrained_cifar_vit()
-    test_images = minivit.data.load_cifar10("test", limit=minivit.by_profile(smoke=200, cpu=2000, gpu=10000))
-    inputs = minivit.data.augment.normalize(test_images.images, trained_info["mean"], trained_info["std"])
+    shipped_vit, shipped_vit_info = minivit.train.load_pretrained_cifar_vit()
+    cifar_test = minivit.data.load_cifar10("test", limit=minivit.by_profile(smoke=200, cpu=2000, gpu=10000))
+    cifar_inputs = minivit.data.augment.normalize(cifar_test.images, shipped_vit_info["mean"], shipped_vit_info["std"])
 
 
-    def accuracy_drop(model, images, labels):
+    def my_accuracy_drop(model, images, labels):
         raise NotImplementedError  # your code here
 
 
-    ex4.check(accuracy_drop)
-    # drop = accuracy_drop(trained_vit, inputs, test_images.labels)
-    # print(f"{drop:.1f} points lost without positions, on {len(test_images)} images of {test_images.source}")
+    ex4.check(my_accuracy_drop)
+    # drop = my_accuracy_drop(shipped_vit, cifar_inputs, cifar_test.labels)
+    # print(f"{drop:.1f} points lost without positions, on {len(cifar_test)} images of {cifar_test.source}")
     # ex4.hint()
     # ex4.solution()
     """,
-    answer_name="accuracy_drop",
+    answer_name="my_accuracy_drop",
     solution_code="""
 import torch
 
 
-def accuracy_drop(model, images, labels):
+def my_accuracy_drop(model, images, labels):
     saved = model.pos_embed.detach().clone()
     model.eval()
     with torch.no_grad():
@@ -294,7 +294,7 @@ def _check_vit_params(fn) -> None:
 ex5 = Exercise(
     name="ex5", title="the parameter count of any ViT configuration", kind="implement",
     prompt="""
-    Write `vit_params(config)`: the number of parameters of `ViT(config)` from the fields of a `ViTConfig`
+    Write `my_vit_params(config)`: the number of parameters of `ViT(config)` from the fields of a `ViTConfig`
     alone (image_size, patch_size, in_channels, dim, depth, mlp_dim, num_classes, pool, pos_embed). The
     checker tries a class-token ViT, a mean-pooled one and one with fixed sin-cos positions.
     """,
@@ -302,17 +302,17 @@ ex5 = Exercise(
     from minivit.exercises.ch3 import ex5
 
 
-    def vit_params(config):
+    def my_vit_params(config):
         raise NotImplementedError  # your code here
 
 
-    ex5.check(vit_params)
+    ex5.check(my_vit_params)
     # ex5.hint()
     # ex5.solution()
     """,
-    answer_name="vit_params",
+    answer_name="my_vit_params",
     solution_code="""
-def vit_params(config):
+def my_vit_params(config):
     d, m = config.dim, config.mlp_dim
     patches = (config.image_size // config.patch_size) ** 2
     tokens = patches + (1 if config.pool == "cls" else 0)

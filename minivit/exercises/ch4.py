@@ -55,7 +55,7 @@ def _check_schedule(fn) -> None:
 ex1 = Exercise(
     name="ex1", title="the warmup + cosine schedule", kind="implement",
     prompt="""
-    Write `lr_at(step, total_steps, warmup_steps, base_lr)`: the learning rate that
+    Write `my_lr_at(step, total_steps, warmup_steps, base_lr)`: the learning rate that
     `minivit.train.schedule.warmup_cosine` gives at optimizer step `step` (0-based), i.e. a linear warmup
     as `torch.optim.lr_scheduler.LinearLR(start_factor=1 / warmup_steps)` over `warmup_steps` steps, then a
     cosine from `base_lr` down to 0 over the remaining `total_steps - warmup_steps` steps.
@@ -64,20 +64,20 @@ ex1 = Exercise(
     from minivit.exercises.ch4 import ex1
 
 
-    def lr_at(step, total_steps, warmup_steps, base_lr):
+    def my_lr_at(step, total_steps, warmup_steps, base_lr):
         raise NotImplementedError  # your code here
 
 
-    ex1.check(lr_at)
+    ex1.check(my_lr_at)
     # ex1.hint()
     # ex1.solution()
     """,
-    answer_name="lr_at",
+    answer_name="my_lr_at",
     solution_code="""
 import math
 
 
-def lr_at(step, total_steps, warmup_steps, base_lr):
+def my_lr_at(step, total_steps, warmup_steps, base_lr):
     if step < warmup_steps:  # LinearLR: from base_lr / warmup_steps at step 0 to base_lr at step warmup_steps
         start = 1 / warmup_steps
         return base_lr * (start + (1 - start) * step / warmup_steps)
@@ -133,7 +133,7 @@ ex2 = Exercise(
     name="ex2", title="which parameters get weight decay", kind="implement",
     prompt="""
     AdamW's weight decay should shrink the weight matrices of Linear and Conv layers only. Write
-    `split_decay(model)` returning two lists of parameter names, `(decay, no_decay)`: biases, LayerNorm
+    `my_split_decay(model)` returning two lists of parameter names, `(decay, no_decay)`: biases, LayerNorm
     parameters, the class token and the position embeddings go to `no_decay`. The checker compares with
     `minivit.train.schedule.param_groups` on a small ViT.
     """,
@@ -141,17 +141,17 @@ ex2 = Exercise(
     from minivit.exercises.ch4 import ex2
 
 
-    def split_decay(model):
+    def my_split_decay(model):
         raise NotImplementedError  # your code here: return (decay_names, no_decay_names)
 
 
-    ex2.check(split_decay)
+    ex2.check(my_split_decay)
     # ex2.hint()
     # ex2.solution()
     """,
-    answer_name="split_decay",
+    answer_name="my_split_decay",
     solution_code="""
-def split_decay(model):
+def my_split_decay(model):
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         skip = param.ndim < 2 or name.rsplit(".", 1)[-1] in ("cls_token", "pos_embed")
@@ -187,7 +187,7 @@ def _check_smoothing(fn) -> None:
 ex3 = Exercise(
     name="ex3", title="label smoothing targets", kind="implement",
     prompt="""
-    Write `smooth_targets(labels, num_classes, eps)`: the (B, K) target distributions that
+    Write `my_smooth_targets(labels, num_classes, eps)`: the (B, K) target distributions that
     `F.cross_entropy(..., label_smoothing=eps)` trains towards: the one-hot vector scaled by 1 - eps, plus eps
     spread evenly over all K classes.
     """,
@@ -195,20 +195,20 @@ ex3 = Exercise(
     from minivit.exercises.ch4 import ex3
 
 
-    def smooth_targets(labels, num_classes, eps):
+    def my_smooth_targets(labels, num_classes, eps):
         raise NotImplementedError  # your code here
 
 
-    ex3.check(smooth_targets)
+    ex3.check(my_smooth_targets)
     # ex3.hint()
     # ex3.solution()
     """,
-    answer_name="smooth_targets",
+    answer_name="my_smooth_targets",
     solution_code="""
 import torch.nn.functional as F
 
 
-def smooth_targets(labels, num_classes, eps):
+def my_smooth_targets(labels, num_classes, eps):
     return (1 - eps) * F.one_hot(labels, num_classes).float() + eps / num_classes
 """,
     hints=("Each row must still sum to 1. How much does the true class get in total?",
@@ -238,16 +238,20 @@ ex4 = Exercise(
     import minivit.train
     from minivit.exercises.ch4 import ex4
 
-    shipped, shipped_info = minivit.train.load_pretrained_cifar_vit()
-    shipped.eval()
-    flip_set = minivit.data.load_cifar10("test", limit=minivit.by_profile(smoke=200, cpu=2000, gpu=10000))
-    flip_inputs = minivit.data.augment.normalize(flip_set.images, shipped_info["mean"], shipped_info["std"])
-    with torch.no_grad():
-        for what, x in [("original", flip_inputs), ("mirrored", flip_inputs.flip(-1)),
-                        ("upside down", flip_inputs.flip(-2))]:
-            accuracy = (shipped(x).argmax(1) == flip_set.labels).float().mean().item()
-            print(f"{what:12s} {accuracy:.1%} on {len(flip_set)} test images")
-    print("data:", flip_set.source)
+
+    def measure_flips():
+        model, info = minivit.train.load_pretrained_cifar_vit()
+        model.eval()
+        test = minivit.data.load_cifar10("test", limit=minivit.by_profile(smoke=200, cpu=2000, gpu=10000))
+        images = minivit.data.augment.normalize(test.images, info["mean"], info["std"])
+        with torch.no_grad():
+            for what, x in [("original", images), ("mirrored", images.flip(-1)), ("upside down", images.flip(-2))]:
+                accuracy = (model(x).argmax(1) == test.labels).float().mean().item()
+                print(f"{what:12s} {accuracy:.1%} on {len(test)} test images")
+        print("data:", test.source)
+
+
+    measure_flips()
 
     answer = ...  # 'A', 'B', 'C' or 'D'
     ex4.check(answer)

@@ -78,27 +78,27 @@ def _check_to_xyxy(fn) -> None:
 ex2 = Exercise(
     name="ex2", title="cxcywh to xyxy", kind="implement",
     prompt="""
-    DETR predicts boxes as (cx, cy, w, h); IoU needs corners (x1, y1, x2, y2). Write `cxcywh_to_xyxy(boxes)`
+    DETR predicts boxes as (cx, cy, w, h); IoU needs corners (x1, y1, x2, y2). Write `my_cxcywh_to_xyxy(boxes)`
     for boxes of shape (..., 4).
     """,
     starter="""
     from minivit.exercises.ch5 import ex2
 
 
-    def cxcywh_to_xyxy(boxes):
+    def my_cxcywh_to_xyxy(boxes):
         raise NotImplementedError  # your code here
 
 
-    ex2.check(cxcywh_to_xyxy)
+    ex2.check(my_cxcywh_to_xyxy)
     # ex2.hint()
     # ex2.solution()
     """,
-    answer_name="cxcywh_to_xyxy",
+    answer_name="my_cxcywh_to_xyxy",
     solution_code="""
 import torch
 
 
-def cxcywh_to_xyxy(boxes):
+def my_cxcywh_to_xyxy(boxes):
     cx, cy, w, h = boxes.unbind(-1)
     return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
 """,
@@ -129,7 +129,7 @@ def _check_to_pixels(fn) -> None:
 ex3 = Exercise(
     name="ex3", title="normalized boxes to pixels", kind="implement",
     prompt="""
-    Write `to_pixels(boxes, image_size)`: DETR's normalized (cx, cy, w, h) boxes in [0, 1], shape (N, 4), to
+    Write `my_to_pixels(boxes, image_size)`: DETR's normalized (cx, cy, w, h) boxes in [0, 1], shape (N, 4), to
     (x1, y1, x2, y2) in pixels of an image of `image_size = (height, width)`. You may use
     `minivit.boxes.box_cxcywh_to_xyxy`.
     """,
@@ -138,22 +138,22 @@ ex3 = Exercise(
     from minivit.exercises.ch5 import ex3
 
 
-    def to_pixels(boxes, image_size):
+    def my_to_pixels(boxes, image_size):
         raise NotImplementedError  # your code here
 
 
-    ex3.check(to_pixels)
+    ex3.check(my_to_pixels)
     # ex3.hint()
     # ex3.solution()
     """,
-    answer_name="to_pixels",
+    answer_name="my_to_pixels",
     solution_code="""
 import torch
 
 from minivit.boxes import box_cxcywh_to_xyxy
 
 
-def to_pixels(boxes, image_size):
+def my_to_pixels(boxes, image_size):
     height, width = image_size
     return box_cxcywh_to_xyxy(boxes) * torch.tensor([width, height, width, height], dtype=boxes.dtype)
 """,
@@ -191,27 +191,27 @@ ex4 = Exercise(
     name="ex4", title="the padding mask of a batch", kind="implement",
     prompt="""
     A batch holds images of different sizes, each zero-padded at the bottom and right to `height x width`.
-    Write `padding_mask(sizes, height, width)`: `sizes` is a list of `(h, w)`; return a boolean (B, height,
+    Write `my_padding_mask(sizes, height, width)`: `sizes` is a list of `(h, w)`; return a boolean (B, height,
     width) mask, True on padding, as `minivit.detr.pad_images` does.
     """,
     starter="""
     from minivit.exercises.ch5 import ex4
 
 
-    def padding_mask(sizes, height, width):
+    def my_padding_mask(sizes, height, width):
         raise NotImplementedError  # your code here
 
 
-    ex4.check(padding_mask)
+    ex4.check(my_padding_mask)
     # ex4.hint()
     # ex4.solution()
     """,
-    answer_name="padding_mask",
+    answer_name="my_padding_mask",
     solution_code="""
 import torch
 
 
-def padding_mask(sizes, height, width):
+def my_padding_mask(sizes, height, width):
     mask = torch.ones(len(sizes), height, width, dtype=torch.bool)  # everything is padding ...
     for i, (h, w) in enumerate(sizes):
         mask[i, :h, :w] = False  # ... but the image itself, at the top left
@@ -243,17 +243,22 @@ ex5 = Exercise(
     import minivit.detr
     from minivit.exercises.ch5 import ex5
 
-    torch.manual_seed(0)
-    tiny_detr, _ = minivit.detection.load_tiny_detr()
-    tiny_detr.eval()
-    small, large = torch.rand(3, 40, 48), torch.rand(3, 64, 64)
-    padded_batch, batch_mask = minivit.detr.pad_images([small, large])
-    with torch.no_grad():
-        alone = tiny_detr(small[None])["pred_boxes"][0]
-        masked = tiny_detr(padded_batch, batch_mask)["pred_boxes"][0]
-        unmasked = tiny_detr(padded_batch)["pred_boxes"][0]
-    print(f"largest box difference to the image alone: with the mask {(masked - alone).abs().max():.1e}, "
-          f"without {(unmasked - alone).abs().max():.1e}")
+
+    def measure_padding():
+        torch.manual_seed(0)
+        model, _ = minivit.detection.load_tiny_detr()
+        model.eval()
+        small, large = torch.rand(3, 40, 48), torch.rand(3, 64, 64)
+        batch, mask = minivit.detr.pad_images([small, large])
+        with torch.no_grad():
+            alone = model(small[None])["pred_boxes"][0]
+            masked = model(batch, mask)["pred_boxes"][0]
+            unmasked = model(batch)["pred_boxes"][0]
+        print(f"largest box difference to the image alone: with the mask {(masked - alone).abs().max():.1e}, "
+              f"without {(unmasked - alone).abs().max():.1e}")
+
+
+    measure_padding()
 
     answer = ...  # 'A', 'B', 'C' or 'D'
     ex5.check(answer)

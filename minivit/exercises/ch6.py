@@ -52,7 +52,7 @@ def _inner_enclosing_giou(boxes1, boxes2):
 ex1 = Exercise(
     name="ex1", title="generalized IoU", kind="implement",
     prompt="""
-    Write `giou(boxes1, boxes2)`: the generalized IoU of every pair of xyxy boxes, (N, 4) and (M, 4) -> (N, M):
+    Write `my_giou(boxes1, boxes2)`: the generalized IoU of every pair of xyxy boxes, (N, 4) and (M, 4) -> (N, M):
     `IoU - |C - (A ∪ B)| / |C|` with C the smallest box enclosing A and B. You may use
     `minivit.boxes.box_iou(boxes1, boxes2)`, which returns `(iou, union)`. The checker includes boxes that
     do not overlap, where GIoU and IoU differ most.
@@ -62,22 +62,22 @@ ex1 = Exercise(
     from minivit.exercises.ch6 import ex1
 
 
-    def giou(boxes1, boxes2):
+    def my_giou(boxes1, boxes2):
         raise NotImplementedError  # your code here
 
 
-    ex1.check(giou)
+    ex1.check(my_giou)
     # ex1.hint()
     # ex1.solution()
     """,
-    answer_name="giou",
+    answer_name="my_giou",
     solution_code="""
 import torch
 
 from minivit.boxes import box_iou
 
 
-def giou(boxes1, boxes2):
+def my_giou(boxes1, boxes2):
     iou, union = box_iou(boxes1, boxes2)  # (N, M) each
     b1, b2 = boxes1[:, None], boxes2[None]  # (N, 1, 4), (1, M, 4)
     sides = torch.max(b1[..., 2:], b2[..., 2:]) - torch.min(b1[..., :2], b2[..., :2])  # (N, M, 2)
@@ -125,7 +125,7 @@ def _check_cost(fn) -> None:
 ex2 = Exercise(
     name="ex2", title="DETR's matching cost", kind="implement",
     prompt="""
-    Write `cost_matrix(logits, boxes, labels, target_boxes)`: the (Q, T) cost between Q predictions (logits
+    Write `my_cost_matrix(logits, boxes, labels, target_boxes)`: the (Q, T) cost between Q predictions (logits
     (Q, C + 1), cxcywh boxes (Q, 4)) and T targets (labels (T,), cxcywh boxes (T, 4)):
     `1 * (-p(target class)) + 5 * L1(boxes) + 2 * (-GIoU)`, with `torch.cdist(..., p=1)` for the L1 term and
     `minivit.boxes.generalized_box_iou` on xyxy boxes.
@@ -137,22 +137,22 @@ ex2 = Exercise(
     from minivit.exercises.ch6 import ex2
 
 
-    def cost_matrix(logits, boxes, labels, target_boxes):
+    def my_cost_matrix(logits, boxes, labels, target_boxes):
         raise NotImplementedError  # your code here
 
 
-    ex2.check(cost_matrix)
+    ex2.check(my_cost_matrix)
     # ex2.hint()
     # ex2.solution()
     """,
-    answer_name="cost_matrix",
+    answer_name="my_cost_matrix",
     solution_code="""
 import torch
 
 from minivit.boxes import box_cxcywh_to_xyxy, generalized_box_iou
 
 
-def cost_matrix(logits, boxes, labels, target_boxes):
+def my_cost_matrix(logits, boxes, labels, target_boxes):
     cost_class = -logits.softmax(-1)[:, labels]  # (Q, T): minus the probability of each target's class
     cost_bbox = torch.cdist(boxes, target_boxes, p=1)  # (Q, T), on normalized cxcywh
     cost_giou = -generalized_box_iou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(target_boxes))
@@ -198,23 +198,23 @@ ex3 = Exercise(
     prompt="""
     The Hungarian algorithm starts by reducing the cost matrix: subtract from each row its minimum, then
     from each column of the result its minimum. The optimal assignment does not change, and every row and
-    column now has a zero. Write `reduce_cost(cost)` for a square NumPy array.
+    column now has a zero. Write `my_reduce_cost(cost)` for a square NumPy array.
     """,
     starter="""
     from minivit.exercises.ch6 import ex3
 
 
-    def reduce_cost(cost):
+    def my_reduce_cost(cost):
         raise NotImplementedError  # your code here
 
 
-    ex3.check(reduce_cost)
+    ex3.check(my_reduce_cost)
     # ex3.hint()
     # ex3.solution()
     """,
-    answer_name="reduce_cost",
+    answer_name="my_reduce_cost",
     solution_code="""
-def reduce_cost(cost):
+def my_reduce_cost(cost):
     reduced = cost - cost.min(axis=1, keepdims=True)  # each row's minimum
     return reduced - reduced.min(axis=0, keepdims=True)  # then each column's
 """,
@@ -256,27 +256,27 @@ ex4 = Exercise(
     name="ex4", title="the class targets of the set loss", kind="implement",
     prompt="""
     After matching, query `query_index[k]` is assigned target `target_index[k]`. Write
-    `class_targets(num_queries, query_index, target_index, labels, num_classes)`: the (num_queries,) int64
+    `my_class_targets(num_queries, query_index, target_index, labels, num_classes)`: the (num_queries,) int64
     tensor of classes the cross-entropy trains towards, with every unmatched query labelled "no object".
     """,
     starter="""
     from minivit.exercises.ch6 import ex4
 
 
-    def class_targets(num_queries, query_index, target_index, labels, num_classes):
+    def my_class_targets(num_queries, query_index, target_index, labels, num_classes):
         raise NotImplementedError  # your code here
 
 
-    ex4.check(class_targets)
+    ex4.check(my_class_targets)
     # ex4.hint()
     # ex4.solution()
     """,
-    answer_name="class_targets",
+    answer_name="my_class_targets",
     solution_code="""
 import torch
 
 
-def class_targets(num_queries, query_index, target_index, labels, num_classes):
+def my_class_targets(num_queries, query_index, target_index, labels, num_classes):
     targets = torch.full((num_queries,), num_classes, dtype=torch.int64)  # 'no object' is the last class
     targets[query_index] = labels[target_index]
     return targets
@@ -305,12 +305,17 @@ ex5 = Exercise(
     import minivit.detection
     from minivit.exercises.ch6 import ex5
 
-    shipped_detr, shipped_detr_info = minivit.detection.load_tiny_detr()
-    held_out = minivit.data.shapes.make_shapes(minivit.by_profile(smoke=32, cpu=300, gpu=500), seed=123,
-                           image_size=shipped_detr_info["image_size"])
-    for threshold in (0.5, 0.75):
-        score = minivit.detection.evaluate_map(shipped_detr, held_out.images, held_out.targets, threshold)
-        print(f"mAP@{threshold}: {score:.3f}")
+
+    def measure_map_thresholds():
+        model, info = minivit.detection.load_tiny_detr()
+        held_out = minivit.data.shapes.make_shapes(minivit.by_profile(smoke=32, cpu=300, gpu=500), seed=123,
+                                                   image_size=info["image_size"])
+        for iou in (0.5, 0.75):
+            score = minivit.detection.evaluate_map(model, held_out.images, held_out.targets, iou)
+            print(f"mAP@{iou}: {score:.3f} on {len(held_out)} held-out images")
+
+
+    measure_map_thresholds()
 
     answer = ...  # 'A', 'B', 'C' or 'D'
     ex5.check(answer)

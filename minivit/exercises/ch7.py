@@ -36,7 +36,7 @@ def _check_cls_map(fn) -> None:
 ex1 = Exercise(
     name="ex1", title="where the class token looks", kind="implement",
     prompt="""
-    Write `cls_map(attention, grid_size)`: for one image's attention (H, T, T) of a ViT with a class token
+    Write `my_cls_map(attention, grid_size)`: for one image's attention (H, T, T) of a ViT with a class token
     (token 0) followed by the patches row by row, return (H, gh, gw): for each head, how much the class
     token attends to each patch. The checker uses non-square grids.
     """,
@@ -44,17 +44,17 @@ ex1 = Exercise(
     from minivit.exercises.ch7 import ex1
 
 
-    def cls_map(attention, grid_size):
+    def my_cls_map(attention, grid_size):
         raise NotImplementedError  # your code here
 
 
-    ex1.check(cls_map)
+    ex1.check(my_cls_map)
     # ex1.hint()
     # ex1.solution()
     """,
-    answer_name="cls_map",
+    answer_name="my_cls_map",
     solution_code="""
-def cls_map(attention, grid_size):
+def my_cls_map(attention, grid_size):
     grid_h, grid_w = grid_size
     row = attention[..., 0, 1:]  # (H, N): the class token is the query, the patches the keys
     return row.reshape(*row.shape[:-1], grid_h, grid_w)
@@ -86,7 +86,7 @@ def _check_rollout(fn) -> None:
 ex2 = Exercise(
     name="ex2", title="attention rollout", kind="implement",
     prompt="""
-    Write `rollout(attention)` for one image's attention of all layers, (L, H, T, T) -> (T, T): average the
+    Write `my_rollout(attention)` for one image's attention of all layers, (L, H, T, T) -> (T, T): average the
     heads, account for the residual connection with `0.5 * A + 0.5 * I`, renormalize the rows, and chain the
     layers, `R = A_L ... A_2 A_1`. The checker compares with `minivit.viz.maps.attention_rollout`.
     """,
@@ -96,20 +96,20 @@ ex2 = Exercise(
     from minivit.exercises.ch7 import ex2
 
 
-    def rollout(attention):
+    def my_rollout(attention):
         raise NotImplementedError  # your code here
 
 
-    ex2.check(rollout)
+    ex2.check(my_rollout)
     # ex2.hint()
     # ex2.solution()
     """,
-    answer_name="rollout",
+    answer_name="my_rollout",
     solution_code="""
 import torch
 
 
-def rollout(attention):
+def my_rollout(attention):
     fused = attention.mean(dim=1)  # (L, T, T): heads averaged
     fused = 0.5 * fused + 0.5 * torch.eye(fused.shape[-1])  # the residual connection
     fused = fused / fused.sum(dim=-1, keepdim=True)
@@ -147,7 +147,7 @@ def _check_distance(fn) -> None:
 ex3 = Exercise(
     name="ex3", title="the mean attention distance of one head", kind="implement",
     prompt="""
-    Write `mean_distance(attention, grid_size, patch_size)` for one head of one image, attention (T, T) with a
+    Write `my_mean_distance(attention, grid_size, patch_size)` for one head of one image, attention (T, T) with a
     class token first: for each query patch, the distance in pixels to each key patch (centre to centre),
     weighted by the attention renormalized over the patches (the class token's weight left out), then
     averaged over the query patches. Return a number. `minivit.viz.maps.patch_distance_matrix(grid_size,
@@ -158,20 +158,20 @@ ex3 = Exercise(
     from minivit.viz.maps import patch_distance_matrix  # noqa: F401, F811
 
 
-    def mean_distance(attention, grid_size, patch_size):
+    def my_mean_distance(attention, grid_size, patch_size):
         raise NotImplementedError  # your code here
 
 
-    ex3.check(mean_distance)
+    ex3.check(my_mean_distance)
     # ex3.hint()
     # ex3.solution()
     """,
-    answer_name="mean_distance",
+    answer_name="my_mean_distance",
     solution_code="""
 from minivit.viz.maps import patch_distance_matrix
 
 
-def mean_distance(attention, grid_size, patch_size):
+def my_mean_distance(attention, grid_size, patch_size):
     patches = attention[1:, 1:]  # (N, N): patch queries, patch keys
     patches = patches / patches.sum(dim=-1, keepdim=True)  # renormalized without the class token
     per_query = (patches * patch_distance_matrix(grid_size, patch_size)).sum(dim=-1)  # (N,)
@@ -204,15 +204,20 @@ ex4 = Exercise(
     import minivit.viz
     from minivit.exercises.ch7 import ex4
 
-    vit, vit_info = minivit.train.load_pretrained_cifar_vit()
-    sample = minivit.data.load_cifar10("test", limit=minivit.by_profile(smoke=16, cpu=256, gpu=1000))
-    inputs = minivit.data.augment.normalize(sample.images, vit_info["mean"], vit_info["std"])
-    _, maps = minivit.viz.capture_attention(vit, inputs)
-    per_head = minivit.viz.mean_attention_distance(maps, vit.grid_size, vit.patch_size).mean(dim=1)  # (layers, heads)
-    uniform = minivit.viz.patch_distance_matrix(vit.grid_size, vit.patch_size).mean().item()
-    for layer, heads in enumerate(per_head.tolist()):
-        print(f"layer {layer}: " + ", ".join(f"{d:.1f}" for d in heads) + " px")
-    print(f"a uniform head: {uniform:.1f} px")
+
+    def measure_head_distances():
+        model, info = minivit.train.load_pretrained_cifar_vit()
+        test = minivit.data.load_cifar10("test", limit=minivit.by_profile(smoke=16, cpu=256, gpu=1000))
+        images = minivit.data.augment.normalize(test.images, info["mean"], info["std"])
+        _, maps = minivit.viz.capture_attention(model, images)  # (layers, images, heads, T, T)
+        per_head = minivit.viz.mean_attention_distance(maps, model.grid_size, model.patch_size).mean(dim=1)
+        uniform = minivit.viz.patch_distance_matrix(model.grid_size, model.patch_size).mean().item()
+        for layer, distances in enumerate(per_head.tolist()):
+            print(f"layer {layer}: " + ", ".join(f"{d:.1f}" for d in distances) + " px")
+        print(f"a uniform head: {uniform:.1f} px ({len(test)} images of {test.source})")
+
+
+    measure_head_distances()
 
     answer = ...  # 'A', 'B', 'C' or 'D'
     ex4.check(answer)
