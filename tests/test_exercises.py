@@ -418,6 +418,12 @@ def test_hint_escalates_and_solution_prints(capsys):
     exercise.hint()
     second = capsys.readouterr().out
     assert first.startswith("Hint") and second.startswith("Stronger hint") and first != second
+    exercise.hint()
+    assert capsys.readouterr().out == second  # stays at the strongest
+    exercise.hint(1)
+    assert capsys.readouterr().out == first
+    exercise.hint(3)
+    assert "hints 1 to 2" in capsys.readouterr().out
     exercise.solution()
     assert f"def {exercise.answer_name}(" in capsys.readouterr().out
 

@@ -171,10 +171,16 @@ class Exercise:
         """Print whether ``answer`` is correct, and if not, what is wrong (one or two lines)."""
         print(self.evaluate(answer).message)
 
-    def hint(self) -> None:
-        """Print a hint; a second call prints a stronger one."""
-        level = min(self._hints_given, len(self.hints) - 1)
-        self._hints_given += 1
+    def hint(self, level: int | None = None) -> None:
+        """Print a hint; a second call prints a stronger one (``hint(2)`` asks for it directly, as in learntools)."""
+        if level is None:
+            level = min(self._hints_given, len(self.hints) - 1)
+            self._hints_given += 1
+        elif isinstance(level, int) and 1 <= level <= len(self.hints):
+            level -= 1
+        else:
+            print(f"{self.name} has hints 1 to {len(self.hints)}: {self.name}.hint() or {self.name}.hint(2)")
+            return
         label = "Hint" if level == 0 else "Stronger hint"
         more = f" (call {self.name}.hint() again for a stronger one)" if level == 0 else ""
         print(f"{label}{more}: {self.hints[level]}")
