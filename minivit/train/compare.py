@@ -92,7 +92,7 @@ class BudgetComparison:
 
 def compare_at_budget(models: dict[str, Callable[[], nn.Module]], train_set: ImageSet, test_set: ImageSet,
                       config: TrainConfig, budget_seconds: float, seeds: Sequence[int] = (0, 1, 2), *,
-                      augment: Augment | None = DEFAULT_AUGMENT, device=None, planner_steps: int = 3,
+                      augment: Augment | None = DEFAULT_AUGMENT, device=None, planner_steps: int = 2,
                       progress: bool = True) -> BudgetComparison:
     """Train each of ``models`` (name -> function building a fresh model) once per seed with ``config``,
     for as many epochs as :func:`plan_epochs` says fit into ``budget_seconds`` for that model.
