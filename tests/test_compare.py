@@ -75,6 +75,9 @@ def test_mean_std_and_conclusion_follow_the_numbers():
     overlapping = BudgetComparison(30, runs_of({"ViT": [0.30, 0.36, 0.31], "CNN": [0.35, 0.33, 0.34]}))
     assert "CNN is ahead by 1.7 points" in overlapping.conclusion()
     assert "no clear winner" in overlapping.conclusion()
+    assert "Caution" not in clear.conclusion()  # every run took 10 s of the 30-s budget
+    overrun = BudgetComparison(5, runs_of({"ViT": [0.30, 0.32], "CNN": [0.40, 0.42]}))
+    assert "Caution: runs took up to 10 s against the budget of 5 s" in overrun.conclusion()
     assert BudgetComparison(30, runs_of({"ViT": [0.3]})).mean_std("ViT") == (0.3, 0.0)
     with pytest.raises(ValueError, match="two models"):
         BudgetComparison(30, runs_of({"ViT": [0.3]})).conclusion()

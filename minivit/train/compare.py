@@ -28,6 +28,8 @@ from minivit.train.history import History
 from minivit.train.loop import DEFAULT_AUGMENT, fit
 from minivit.train.planner import plan_epochs
 
+OVERRUN = 1.25  # a run longer than this times the budget makes the conclusion say so
+
 
 @dataclass
 class BudgetRun:
@@ -75,7 +77,8 @@ class BudgetComparison:
         return "\n".join(lines)
 
     def conclusion(self) -> str:
-        """What the numbers support: a winner only if its worst seed beat every seed of the others."""
+        """What the numbers support: a winner only if its worst seed beat every seed of the others; a caution
+        when a run took more than 1.25 times the budget."""
         if len(self.names) < 2:
             raise ValueError(f"a conclusion needs two models or more, got {self.names}")
         ranked = sorted(self.names, key=lambda name: self.mean_std(name)[0], reverse=True)
@@ -83,11 +86,18 @@ class BudgetComparison:
         gap = 100 * (self.mean_std(best)[0] - self.mean_std(runner_up)[0])
         seeds = len(self.test_accuracies(best))
         if min(self.test_accuracies(best)) > max(acc for name in ranked[1:] for acc in self.test_accuracies(name)):
-            return (f"At {self.budget_seconds:g} s per run, {best} is ahead by {gap:.1f} points on average, and its "
-                    f"worst of {seeds} seeds beat every run of the other model(s): a clear difference at this "
-                    f"budget and data size.")
-        return (f"At {self.budget_seconds:g} s per run, {best} is ahead by {gap:.1f} points on average, but the "
-                f"runs of different seeds overlap: no clear winner at this budget with {seeds} seeds.")
+            verdict = (f"At {self.budget_seconds:g} s per run, {best} is ahead by {gap:.1f} points on average, and "
+                       f"its worst of {seeds} seeds beat every run of the other model(s): a clear difference at this "
+                       f"budget and data size.")
+        else:
+            verdict = (f"At {self.budget_seconds:g} s per run, {best} is ahead by {gap:.1f} points on average, but "
+                       f"the runs of different seeds overlap: no clear winner at this budget with {seeds} seeds.")
+        longest = max(run.seconds for run in self.runs)
+        if longest > OVERRUN * self.budget_seconds:
+            verdict += (f" Caution: runs took up to {longest:.0f} s against the budget of {self.budget_seconds:g} s "
+                        f"(every model trains at least one epoch, and a machine busier than when the planner "
+                        f"measured it slows every run), so compare the seconds per run too.")
+        return verdict
 
 
 def compare_at_budget(models: dict[str, Callable[[], nn.Module]], train_set: ImageSet, test_set: ImageSet,
