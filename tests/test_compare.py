@@ -37,21 +37,40 @@ class Slow(torch.nn.Module):
 
 
 def test_equal_budget_gives_the_slower_model_fewer_epochs_and_every_seed_its_run():
-    budget = 1.2
-    comparison = compare_at_budget({"fast": lambda: ViT(**TINY), "slow": lambda: Slow(0.3)}, TRAIN, TEST, CONFIG,
+    budget = 2.4
+    comparison = compare_at_budget({"fast": lambda: ViT(**TINY), "slow": lambda: Slow(0.6)}, TRAIN, TEST, CONFIG,
                                    budget, seeds=(0, 1), augment=Augment(crop_padding=2), planner_steps=1,
                                    progress=False)
     assert comparison.names == ["fast", "slow"]
     assert [(run.name, run.seed) for run in comparison.runs] == [("fast", 0), ("fast", 1), ("slow", 0), ("slow", 1)]
     epochs = {run.name: run.epochs for run in comparison.runs}
-    assert epochs["fast"] > epochs["slow"] >= 1
+    assert epochs["slow"] == 1  # one slow epoch (>= 3 forwards of 0.6 s) is more than half the budget
+    assert epochs["fast"] >= epochs["slow"]  # how many more depends on the machine's load while planning
     for run in comparison.runs:
         assert run.history.epochs == run.epochs and run.test_acc == run.history.test_acc[-1]
         assert run.seconds > 0
     slow_runs = [run for run in comparison.runs if run.name == "slow"]
     # each slow epoch sleeps through 2 training steps and 1 test batch at least: the plan respects that cost
-    assert all(run.seconds >= run.epochs * 3 * 0.3 for run in slow_runs)
+    assert all(run.seconds >= run.epochs * 3 * 0.6 for run in slow_runs)
     assert "fast" in comparison.table() and "slow" in comparison.table()
+
+
+def test_each_model_is_planned_once_for_the_budget_and_every_seed_trains_that_many_epochs(monkeypatch):
+    import minivit.train.compare as compare_module
+
+    planned = []
+
+    def fake_plan(model, train_set, test_set, budget_seconds, config, **options):
+        planned.append((type(model).__name__, budget_seconds))
+        return (4 if isinstance(model, ViT) else 2), 0.1  # (epochs, seconds per epoch)
+
+    monkeypatch.setattr(compare_module, "plan_epochs", fake_plan)
+    comparison = compare_at_budget({"vit": lambda: ViT(**TINY), "slow": lambda: Slow(0.0)}, TRAIN, TEST,
+                                   CONFIG, 7.5, seeds=(0, 1, 2), progress=False)
+    assert planned == [("ViT", 7.5), ("Slow", 7.5)]
+    assert [(run.name, run.epochs, run.history.epochs) for run in comparison.runs] == (
+        [("vit", 4, 4)] * 3 + [("slow", 2, 2)] * 3)
+    assert [run.seed for run in comparison.runs] == [0, 1, 2, 0, 1, 2]
 
 
 def test_the_seed_sets_the_run():
