@@ -10,6 +10,7 @@ Masks follow the references they are tested against:
 from __future__ import annotations
 
 import math
+import statistics
 import weakref
 from dataclasses import dataclass
 
@@ -164,11 +165,12 @@ class MultiHeadAttention(nn.Module):
 
 @dataclass
 class AttentionCost:
-    """What one attention call cost: its best wall time over the repeats (s) and the peak memory it allocated
-    (bytes)."""
+    """What one attention call cost: the median wall time of the repeats (s), every timed call (s), and
+    the peak memory it allocated (bytes)."""
 
     seconds: float
     peak_bytes: int
+    times: tuple[float, ...] = ()
 
 
 class _LiveTensorBytes(TorchDispatchMode):
@@ -226,8 +228,8 @@ def measure_attention_cost(
 
     ``fused=True`` times ``F.scaled_dot_product_attention``, ``fused=False`` the written-out
     :func:`scaled_dot_product_attention` (which materializes the (B, H, N, N) weights). Time is
-    the fastest of ``repeats`` calls after one warm-up call (the minimum, as ``timeit``
-    recommends: other load on the machine only ever adds time). Peak memory is the memory the
+    the median of ``repeats`` calls after one warm-up call (one slow call, from other load on a
+    shared machine, does not move it; ``times`` keeps every call). Peak memory is the memory the
     call allocated on top of its inputs: ``torch.cuda.max_memory_allocated`` on CUDA; elsewhere the
     peak of live tensors created op by op (scratch memory inside one fused kernel is not seen).
     The written-out path holds about three (B, H, N, N) fp32 tensors at once: a run that would need
@@ -269,4 +271,4 @@ def measure_attention_cost(
             with _LiveTensorBytes() as tracker:
                 attend()
             peak_bytes = tracker.peak
-    return AttentionCost(seconds=min(times), peak_bytes=int(peak_bytes))
+    return AttentionCost(seconds=statistics.median(times), peak_bytes=int(peak_bytes), times=tuple(times))

@@ -38,6 +38,12 @@ def test_fused_attention_on_cpu_allocates_far_less_than_the_score_matrix():
     assert 0 < cost.peak_bytes < seq_len * seq_len * 4 / 8
 
 
+def test_attention_time_is_the_median_of_the_repeats():
+    cost = measure_attention_cost(64, head_dim=8, fused=True, repeats=5)
+    assert len(cost.times) == 5 and all(t > 0 for t in cost.times)
+    assert cost.seconds == sorted(cost.times)[2]  # the middle one of 5
+
+
 @pytest.mark.parametrize("bad", [dict(seq_len=0), dict(seq_len=8, head_dim=0), dict(seq_len=8, repeats=0)])
 def test_measure_attention_cost_rejects_bad_sizes(bad):
     with pytest.raises(ValueError, match="must be >= 1"):

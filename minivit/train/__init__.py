@@ -9,7 +9,8 @@
 config.py      TrainConfig (how fit trains) and DataConfig (what the CLI loads)
 loop.py        fit: the epochs, the steps, divergence detection, resume
 schedule.py    AdamW groups, warmup + cosine, progressive resizing
-evaluate.py    predict (with test-time augmentation), evaluate, confusion matrix
+evaluate.py    predict (with test-time augmentation), evaluate, confusion matrix, top confusions
+compare.py     compare_at_budget: models at an equal wall-clock budget over several seeds
 history.py     History: per-epoch losses, accuracies, learning rate, seconds
 checkpoint.py  the one checkpoint format: save, load (validated), export
 legacy.py      older checkpoint formats, read with a DeprecationWarning
@@ -28,8 +29,9 @@ from minivit.train.checkpoint import (
     save_checkpoint,
     upgrade_checkpoint,
 )
+from minivit.train.compare import BudgetComparison, BudgetRun, compare_at_budget
 from minivit.train.config import DataConfig, TrainConfig
-from minivit.train.evaluate import confusion_matrix, evaluate, misclassified, predict
+from minivit.train.evaluate import confusion_matrix, evaluate, misclassified, predict, top_confusions
 from minivit.train.history import History
 from minivit.train.loop import TrainingDiverged, fit, resolve_amp
 from minivit.train.planner import plan_epochs
@@ -38,6 +40,8 @@ from minivit.train.schedule import check_progressive, param_groups, resize_batch
 
 __all__ = [
     "RECIPES",
+    "BudgetComparison",
+    "BudgetRun",
     "ConfigError",
     "DataConfig",
     "History",
@@ -45,6 +49,7 @@ __all__ = [
     "TrainConfig",
     "TrainingDiverged",
     "check_progressive",
+    "compare_at_budget",
     "confusion_matrix",
     "evaluate",
     "export_checkpoint",
@@ -59,6 +64,7 @@ __all__ = [
     "resize_batch",
     "resolve_amp",
     "save_checkpoint",
+    "top_confusions",
     "train_sizes",
     "upgrade_checkpoint",
     "warmup_cosine",

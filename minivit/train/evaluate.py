@@ -1,6 +1,8 @@
 """Scoring a classifier: logits with test-time augmentation, loss and accuracy (sharded under DDP),
-the confusion matrix and the most confident mistakes."""
+the confusion matrix, the pairs of classes most confused and the most confident mistakes."""
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
@@ -76,3 +78,16 @@ def misclassified(predictions: torch.Tensor, labels: torch.Tensor, confidences: 
     if confidences is not None:
         wrong = wrong[confidences.cpu()[wrong].argsort(descending=True)]
     return wrong[:count]
+
+
+def top_confusions(matrix: torch.Tensor, classes: Sequence[str], count: int = 3) -> list[tuple[str, str, int]]:
+    """The ``count`` class pairs confused most often in either direction, as ``(class, class, images)``,
+    from a confusion matrix (row = true class, column = predicted class); the largest first."""
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] != len(classes):
+        raise ValueError(f"matrix must be (classes, classes) = ({len(classes)}, {len(classes)}), "
+                         f"got {tuple(matrix.shape)}")
+    both_ways = (matrix + matrix.T).triu(diagonal=1)  # (C, C): pair (i, j), i < j, counted once
+    counts, flat = both_ways.flatten().sort(descending=True, stable=True)
+    size = matrix.shape[0]
+    return [(classes[int(index) // size], classes[int(index) % size], int(images))
+            for images, index in zip(counts[:count].tolist(), flat[:count].tolist()) if images > 0]
