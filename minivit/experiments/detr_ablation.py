@@ -1,0 +1,136 @@
+"""The DETR paper's ablations at the course's scale: the tiny DETR on the synthetic shapes.
+
+* positional encodings (the paper's Table 3): the spatial positions in all attentions, in the
+  decoder's cross-attention only, added once at the input, or nowhere
+  (``DETRConfig.position_placement``), each trained with several seeds;
+* every decoder layer's own predictions (the auxiliary outputs), with and without NMS (the
+  paper's Fig. 4), measured on every trained model.
+
+``python -m minivit.experiments.detr_ablation --steps 2500 --seeds 0 1 2`` trains them one after
+another and rewrites the JSON file after each run, so a stopped run keeps what it finished and
+a second call skips the runs already there (same placement, seed and recipe).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from minivit.data.shapes import make_shapes
+from minivit.detection import evaluate_decoder_layers, train_detr
+from minivit.detr import POSITION_PLACEMENTS, build_tiny_detr
+from minivit.runtime import seed_everything
+
+DEFAULT_OUTPUT = Path("docs") / "detr_ablation.json"
+
+#: Table 3 of Carion et al. (2020), COCO val AP of DETR-R50 trained 300 epochs, by where the spatial
+#: positional encoding goes (the object queries are learned output positions in every row).
+PAPER_TABLE3_AP = {"all": 40.6, "decoder": 39.3, "input": 39.2, "none": 32.8}
+
+
+def run_one(placement: str, seed: int, steps: int, batch_size: int = 32, lr: float = 5e-4, num_train: int = 4000,
+            num_val: int = 500, image_size: int = 64, nms_iou: float = 0.7, train_overrides: dict | None = None,
+            model_overrides: dict | None = None) -> dict:
+    """Train one tiny DETR with the spatial positions at ``placement`` and measure it on held-out images:
+    mAP@0.5, mAP@0.75 and the duplicate rate of each decoder layer, without and with NMS at ``nms_iou``."""
+    train_set = make_shapes(num_train, image_size, seed=1)  # the chapter-6 splits
+    val_set = make_shapes(num_val, image_size, seed=2)
+    seed_everything(seed)
+    model = build_tiny_detr(position_placement=placement, **(model_overrides or {}))
+    start = time.perf_counter()
+    train_detr(model, train_set.images, train_set.targets, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+               progress=False, device="cpu", **(train_overrides or {}))
+    minutes = (time.perf_counter() - start) / 60
+    layers = {"no_nms": evaluate_decoder_layers(model, val_set.images, val_set.targets),
+              "nms": evaluate_decoder_layers(model, val_set.images, val_set.targets, nms_iou=nms_iou)}
+    last = layers["no_nms"][-1]
+    return {"placement": placement, "seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr,
+            "num_train": num_train, "num_val": num_val, "train_overrides": train_overrides or {},
+            "model_overrides": model_overrides or {}, "nms_iou": nms_iou, "minutes": round(minutes, 2),
+            "threads": torch.get_num_threads(), "map50": last["map50"], "map75": last["map75"],
+            "duplicate_rate": last["duplicate_rate"], "layers": layers}
+
+
+def _same_recipe(run: dict, placement: str, seed: int, settings: dict) -> bool:
+    return run["placement"] == placement and run["seed"] == seed and all(run.get(k) == v for k, v in settings.items())
+
+
+def run_ablation(placements=tuple(POSITION_PLACEMENTS), seeds=(0, 1, 2), steps: int = 2500,
+                 output: str | Path = DEFAULT_OUTPUT, **settings) -> dict:
+    """Train every placement with every seed (seed-major, so the first seeds complete first) and
+    rewrite ``output`` after each run; runs already in ``output`` with the same recipe are kept."""
+    output = Path(output)
+    results = json.loads(output.read_text()) if output.is_file() else {"paper_table3_ap": PAPER_TABLE3_AP, "runs": []}
+    for seed in seeds:
+        for placement in placements:
+            if any(_same_recipe(run, placement, seed, {"steps": steps, **settings}) for run in results["runs"]):
+                continue
+            run = run_one(placement, seed, steps, **settings)
+            results["runs"].append(run)
+            print(f"{placement:>8} seed {seed}: mAP@0.5 {run['map50']:.3f}, mAP@0.75 {run['map75']:.3f}, "
+                  f"duplicates {run['duplicate_rate']:.3f}, {run['minutes']:.1f} min", flush=True)
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
+def mean_std(values) -> tuple[float, float, int]:
+    """Mean, sample standard deviation (0 for one value) and count of the finite values."""
+    values = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
+    if len(values) == 0:
+        return float("nan"), float("nan"), 0
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0, len(values)
+
+
+def summarize_placements(results: dict, metrics=("map50", "map75", "duplicate_rate")) -> list[dict]:
+    """One row per placement (the paper's order): the paper's AP and mean, std and count over seeds of each metric."""
+    rows = []
+    for placement, paper_ap in results["paper_table3_ap"].items():
+        runs = [run for run in results["runs"] if run["placement"] == placement]
+        if not runs:
+            continue
+        row = {"placement": placement, "paper_ap": paper_ap, "seeds": len(runs)}
+        for metric in metrics:
+            row[metric] = mean_std(run[metric] for run in runs)[:2]
+        rows.append(row)
+    return rows
+
+
+def summarize_layers(results: dict, placement: str = "all", metrics=("map50", "map75", "duplicate_rate")) -> list[dict]:
+    """One row per decoder layer of the ``placement`` runs: mean and std over seeds, without and with NMS."""
+    runs = [run for run in results["runs"] if run["placement"] == placement]
+    if not runs:
+        raise ValueError(f"no runs with placement {placement!r} in the results")
+    rows = []
+    for layer in range(len(runs[0]["layers"]["no_nms"])):
+        row = {"layer": layer + 1, "seeds": len(runs)}
+        for mode in ("no_nms", "nms"):
+            for metric in metrics:
+                row[f"{metric}_{mode}"] = mean_std(run["layers"][mode][layer][metric] for run in runs)[:2]
+        rows.append(row)
+    return rows
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--placements", nargs="+", default=list(POSITION_PLACEMENTS), choices=list(POSITION_PLACEMENTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=2500, help="optimizer steps per run")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--num-train", type=int, default=4000)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--output", default=str(DEFAULT_OUTPUT))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    run_ablation(args.placements, args.seeds, args.steps, args.output, batch_size=args.batch_size, lr=args.lr,
+                 num_train=args.num_train)
+
+
+if __name__ == "__main__":
+    main()
