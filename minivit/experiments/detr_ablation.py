@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from minivit.data.shapes import make_shapes
-from minivit.detection import evaluate_decoder_layers, train_detr
+from minivit.detection import evaluate_decoder_layers, evaluate_map, save_tiny_detr, train_detr
 from minivit.detr import POSITION_PLACEMENTS, build_tiny_detr
 from minivit.runtime import seed_everything
 
@@ -35,25 +35,42 @@ PAPER_TABLE3_AP = {"all": 40.6, "decoder": 39.3, "input": 39.2, "none": 32.8}
 
 def run_one(placement: str, seed: int, steps: int, batch_size: int = 32, lr: float = 5e-4, num_train: int = 4000,
             num_val: int = 500, image_size: int = 64, nms_iou: float = 0.7, train_overrides: dict | None = None,
-            model_overrides: dict | None = None) -> dict:
+            model_overrides: dict | None = None, eval_every: int = 0, save_to: str | Path | None = None) -> dict:
     """Train one tiny DETR with the spatial positions at ``placement`` and measure it on held-out images:
-    mAP@0.5, mAP@0.75 and the duplicate rate of each decoder layer, without and with NMS at ``nms_iou``."""
+    mAP@0.5, mAP@0.75 and the duplicate rate of each decoder layer, without and with NMS at ``nms_iou``.
+    ``eval_every``: also record the held-out mAP every so many steps (``curve``; its time is not in
+    ``minutes``); ``save_to``: write the model there with :func:`minivit.detection.save_tiny_detr`."""
     train_set = make_shapes(num_train, image_size, seed=1)  # the chapter-6 splits
     val_set = make_shapes(num_val, image_size, seed=2)
     seed_everything(seed)
     model = build_tiny_detr(position_placement=placement, **(model_overrides or {}))
+    curve, eval_seconds = [], 0.0
+
+    def evaluate(step, model):
+        nonlocal eval_seconds
+        started = time.perf_counter()
+        curve.append({"step": step, "map50": evaluate_map(model, val_set.images, val_set.targets, 0.5),
+                      "map75": evaluate_map(model, val_set.images, val_set.targets, 0.75)})
+        model.train()
+        eval_seconds += time.perf_counter() - started
+
     start = time.perf_counter()
     train_detr(model, train_set.images, train_set.targets, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-               progress=False, device="cpu", **(train_overrides or {}))
-    minutes = (time.perf_counter() - start) / 60
+               progress=False, device="cpu", callback=evaluate if eval_every else None, callback_every=eval_every,
+               **(train_overrides or {}))
+    minutes = (time.perf_counter() - start - eval_seconds) / 60
     layers = {"no_nms": evaluate_decoder_layers(model, val_set.images, val_set.targets),
               "nms": evaluate_decoder_layers(model, val_set.images, val_set.targets, nms_iou=nms_iou)}
     last = layers["no_nms"][-1]
+    metrics = {"map50": round(last["map50"], 4), "map75": round(last["map75"], 4), "steps": steps,
+               "train_minutes": round(minutes, 2), "threads": torch.get_num_threads()}
+    if save_to is not None:
+        save_tiny_detr(model, save_to, None, train_set.classes, image_size, metrics=metrics)
     return {"placement": placement, "seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr,
             "num_train": num_train, "num_val": num_val, "train_overrides": train_overrides or {},
             "model_overrides": model_overrides or {}, "nms_iou": nms_iou, "minutes": round(minutes, 2),
             "threads": torch.get_num_threads(), "map50": last["map50"], "map75": last["map75"],
-            "duplicate_rate": last["duplicate_rate"], "layers": layers}
+            "duplicate_rate": last["duplicate_rate"], "layers": layers, **({"curve": curve} if curve else {})}
 
 
 def _same_recipe(run: dict, placement: str, seed: int, settings: dict) -> bool:
