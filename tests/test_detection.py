@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -280,3 +281,30 @@ def test_ablation_summaries_are_mean_and_sample_std():
     assert mean_std([1.0, float("nan"), 3.0]) == pytest.approx((2.0, 2 ** 0.5, 2))
     with pytest.raises(ValueError, match="no runs with placement 'decoder'"):
         summarize_layers(results, "decoder")
+
+
+def test_ablation_results_load_and_format(tmp_path, capsys):
+    from minivit.experiments.detr_ablation import (
+        DEFAULT_OUTPUT,
+        format_layer_table,
+        format_placement_table,
+        load_results,
+        summarize_layers,
+    )
+
+    assert load_results(tmp_path / "missing.json") is None
+    assert "No ablation results at missing.json" in capsys.readouterr().out
+    layer = {"map50": 0.5, "map75": 0.25, "duplicate_rate": 0.125}
+    results = {"paper_table3_ap": {"all": 40.6, "none": 32.8},
+               "runs": [{"placement": "all", "seed": 0, "map50": 0.9, "map75": 0.7, "duplicate_rate": 0.2,
+                         "layers": {"no_nms": [layer], "nms": [{**layer, "duplicate_rate": 0.0}]}}]}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    assert load_results(path) == results
+    table = format_placement_table(results).splitlines()
+    assert len(table) == 2 and table[1].split()[:3] == ["all", "40.6", "1"] and "0.900 ± 0.000" in table[1]
+    layers = format_layer_table(summarize_layers(results)).splitlines()
+    assert layers[1].split()[0] == "1" and "0.125 ± 0.000" in layers[1] and "0.000 ± 0.000" in layers[1]
+    committed = Path(__file__).resolve().parent.parent / DEFAULT_OUTPUT
+    if committed.is_file():  # in a checkout, the default is the committed file
+        assert load_results() == json.loads(committed.read_text())

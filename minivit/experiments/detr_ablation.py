@@ -24,6 +24,7 @@ import torch
 from minivit.data.shapes import make_shapes
 from minivit.detection import evaluate_decoder_layers, evaluate_map, save_tiny_detr, train_detr
 from minivit.detr import POSITION_PLACEMENTS, build_tiny_detr
+from minivit.matching import SetCriterion
 from minivit.runtime import seed_everything
 
 DEFAULT_OUTPUT = Path("docs") / "detr_ablation.json"
@@ -35,11 +36,13 @@ PAPER_TABLE3_AP = {"all": 40.6, "decoder": 39.3, "input": 39.2, "none": 32.8}
 
 def run_one(placement: str, seed: int, steps: int, batch_size: int = 32, lr: float = 5e-4, num_train: int = 4000,
             num_val: int = 500, image_size: int = 64, nms_iou: float = 0.7, train_overrides: dict | None = None,
-            model_overrides: dict | None = None, eval_every: int = 0, save_to: str | Path | None = None) -> dict:
+            model_overrides: dict | None = None, loss_weights: dict | None = None, eval_every: int = 0,
+            save_to: str | Path | None = None) -> dict:
     """Train one tiny DETR with the spatial positions at ``placement`` and measure it on held-out images:
     mAP@0.5, mAP@0.75 and the duplicate rate of each decoder layer, without and with NMS at ``nms_iou``.
     ``eval_every``: also record the held-out mAP every so many steps (``curve``; its time is not in
-    ``minutes``); ``save_to``: write the model there with :func:`minivit.detection.save_tiny_detr`."""
+    ``minutes``); ``loss_weights``: :class:`~minivit.matching.SetCriterion` arguments (``eos_coef``,
+    ``weight_ce``, ...); ``save_to``: write the model there with :func:`minivit.detection.save_tiny_detr`."""
     train_set = make_shapes(num_train, image_size, seed=1)  # the chapter-6 splits
     val_set = make_shapes(num_val, image_size, seed=2)
     seed_everything(seed)
@@ -57,6 +60,7 @@ def run_one(placement: str, seed: int, steps: int, batch_size: int = 32, lr: flo
     start = time.perf_counter()
     train_detr(model, train_set.images, train_set.targets, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
                progress=False, device="cpu", callback=evaluate if eval_every else None, callback_every=eval_every,
+               criterion=SetCriterion(model.num_classes, **loss_weights) if loss_weights else None,
                **(train_overrides or {}))
     minutes = (time.perf_counter() - start - eval_seconds) / 60
     layers = {"no_nms": evaluate_decoder_layers(model, val_set.images, val_set.targets),
@@ -68,7 +72,8 @@ def run_one(placement: str, seed: int, steps: int, batch_size: int = 32, lr: flo
         save_tiny_detr(model, save_to, None, train_set.classes, image_size, metrics=metrics)
     return {"placement": placement, "seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr,
             "num_train": num_train, "num_val": num_val, "train_overrides": train_overrides or {},
-            "model_overrides": model_overrides or {}, "nms_iou": nms_iou, "minutes": round(minutes, 2),
+            "model_overrides": model_overrides or {},
+            "loss_weights": loss_weights or {}, "nms_iou": nms_iou, "minutes": round(minutes, 2),
             "threads": torch.get_num_threads(), "map50": last["map50"], "map75": last["map75"],
             "duplicate_rate": last["duplicate_rate"], "layers": layers, **({"curve": curve} if curve else {})}
 
@@ -131,6 +136,48 @@ def summarize_layers(results: dict, placement: str = "all", metrics=("map50", "m
                 row[f"{metric}_{mode}"] = mean_std(run["layers"][mode][layer][metric] for run in runs)[:2]
         rows.append(row)
     return rows
+
+
+def load_results(path: str | Path | None = None) -> dict | None:
+    """The committed results (``docs/detr_ablation.json`` of the repository checkout minivit is imported
+    from), or those at ``path``; None, with a sentence that says why, when there is no such file."""
+    from minivit.runtime import _checkout_root
+
+    if path is None:
+        root = _checkout_root(__file__.replace("experiments/detr_ablation.py", "__init__.py"))
+        if root is None:
+            print("The ablation results live in the repository (docs/detr_ablation.json); clone it to see them.")
+            return None
+        path = root / DEFAULT_OUTPUT
+    path = Path(path)
+    if not path.is_file():
+        print(f"No ablation results at {path.name}; run python -m minivit.experiments.detr_ablation first.")
+        return None
+    return json.loads(path.read_text())
+
+
+def _pm(pair, digits: int = 3) -> str:
+    mean, std = pair
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def format_placement_table(results: dict) -> str:
+    """The positional-encoding ablation as text: the paper's COCO AP next to the shapes' mean ± std."""
+    lines = [f"{'spatial positions':<18}{'paper AP':>9}{'seeds':>7}{'mAP@0.5':>16}{'mAP@0.75':>16}{'duplicates':>16}"]
+    for row in summarize_placements(results):
+        lines.append(f"{row['placement']:<18}{row['paper_ap']:>9.1f}{row['seeds']:>7}{_pm(row['map50']):>16}"
+                     f"{_pm(row['map75']):>16}{_pm(row['duplicate_rate']):>16}")
+    return "\n".join(lines)
+
+
+def format_layer_table(rows: list[dict]) -> str:
+    """Per-decoder-layer rows (:func:`summarize_layers`) as text: mAP and duplicates without and with NMS."""
+    lines = [f"{'layer':<7}{'mAP@0.5':>16}{'+NMS':>16}{'mAP@0.75':>16}{'+NMS':>16}{'duplicates':>16}{'+NMS':>16}"]
+    for row in rows:
+        lines.append(f"{row['layer']:<7}" + "".join(f"{_pm(row[f'{metric}_{mode}']):>16}"
+                                                   for metric in ("map50", "map75", "duplicate_rate")
+                                                   for mode in ("no_nms", "nms")))
+    return "\n".join(lines)
 
 
 def main(argv=None) -> None:

@@ -31,6 +31,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--num-train", type=int, default=4000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", default="{}", help='DETRConfig overrides as JSON, e.g. \'{"num_queries": 12}\'')
+    parser.add_argument("--eos-coef", type=float, default=0.1, help='weight of the "no object" class')
     parser.add_argument("--eval-every", type=int, default=0, help="record the held-out mAP every so many steps")
     parser.add_argument("--save", default=None, help="save the trained model to this checkpoint path")
     parser.add_argument("--threads", type=int, default=1)
@@ -42,7 +43,8 @@ def main(argv=None) -> dict:
         raise SystemExit(f"--model must be a JSON object of DETRConfig fields, got {args.model!r}")
     run = run_one("all", args.seed, args.steps, batch_size=args.batch_size, lr=args.lr, num_train=args.num_train,
                   train_overrides={"schedule": args.schedule, "warmup_steps": args.warmup, "lr_drop": args.lr_drop},
-                  model_overrides=overrides, eval_every=args.eval_every, save_to=args.save)
+                  model_overrides=overrides, loss_weights={"eos_coef": args.eos_coef}, eval_every=args.eval_every,
+                  save_to=args.save)
     run = {"name": args.name, "command": "python -m minivit.experiments.detr_recipe "
            + shlex.join(sys.argv[1:] if argv is None else argv), **run}
     log = Path(args.log)
