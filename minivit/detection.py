@@ -4,7 +4,8 @@
   auxiliary losses, a tqdm progress bar and optional snapshots during training;
 * :func:`predict` / :func:`detect`: outputs and thresholded detections for a stack of images,
   optionally with non-maximum suppression (``nms_iou``);
-* :func:`duplicate_rate`: how many confident detections repeat a better one (what NMS removes);
+* :func:`duplicate_mask` / :func:`duplicate_rate`: which / how many confident detections repeat a
+  better one (what NMS removes);
 * :func:`evaluate_detections` / :func:`evaluate_decoder_layers`: mAP@0.5, mAP@0.75 and the duplicate
   rate of the last decoder layer, or of every decoder layer's (auxiliary) output, with or without NMS;
 * :func:`average_precision`, :func:`mean_average_precision`: VOC/COCO-style all-point
@@ -187,6 +188,17 @@ def detect(model: DETR, images: torch.Tensor, threshold: float = 0.5, nms_iou: f
     return apply_nms(detections, nms_iou) if nms_iou is not None else detections
 
 
+def duplicate_mask(detection: dict, iou_threshold: float = 0.7) -> torch.Tensor:
+    """(D,) bool: which of one image's detections have IoU > ``iou_threshold`` with a higher-scored
+    detection of the same class (``torchvision.ops.box_iou``)."""
+    boxes = detection["boxes"].reshape(-1, 4).float()
+    scores, labels = detection["scores"], detection["labels"]
+    iou = torchvision.ops.box_iou(boxes, boxes)  # (D, D)
+    better = scores[None, :] > scores[:, None]  # better[i, j]: j scored higher than i
+    same_class = labels[:, None] == labels[None, :]
+    return ((iou > iou_threshold) & better & same_class).any(dim=1)
+
+
 def duplicate_rate(detections: list[dict], iou_threshold: float = 0.7, score_threshold: float = 0.0) -> float:
     """The fraction of detections scored above ``score_threshold`` whose box has IoU > ``iou_threshold``
     with a higher-scored detection of the same class in the same image: the duplicates that NMS would
@@ -198,12 +210,10 @@ def duplicate_rate(detections: list[dict], iou_threshold: float = 0.7, score_thr
     duplicates, total = 0, 0
     for item in detections:
         keep = item["scores"] > score_threshold
-        boxes, scores, labels = item["boxes"].reshape(-1, 4)[keep].float(), item["scores"][keep], item["labels"][keep]
-        iou = torchvision.ops.box_iou(boxes, boxes)  # (D, D)
-        better = scores[None, :] > scores[:, None]  # better[i, j]: j scored higher than i
-        same_class = labels[:, None] == labels[None, :]
-        duplicates += int(((iou > iou_threshold) & better & same_class).any(dim=1).sum())
-        total += len(scores)
+        confident = {"boxes": item["boxes"].reshape(-1, 4)[keep], "scores": item["scores"][keep],
+                     "labels": item["labels"][keep]}
+        duplicates += int(duplicate_mask(confident, iou_threshold).sum())
+        total += int(keep.sum())
     return duplicates / total if total else float("nan")
 
 

@@ -13,6 +13,7 @@ from minivit.detection import (
     average_precision,
     average_precision_per_class,
     detect,
+    duplicate_mask,
     duplicate_rate,
     evaluate_decoder_layers,
     evaluate_map,
@@ -141,6 +142,7 @@ def test_duplicate_rate_on_hand_made_boxes():
     assert duplicate_rate([image], score_threshold=0.5) == pytest.approx(1 / 5)
     assert duplicate_rate([image], iou_threshold=0.5, score_threshold=0.5) == pytest.approx(2 / 5)
     assert duplicate_rate([image]) == pytest.approx(2 / 6)  # the low-scored copy counts at threshold 0
+    assert duplicate_mask(image).tolist() == [False, True, False, False, False, True]
     other_image = detections([[0, 0, 10, 9]], [0.8], [0])  # the same box in another image: no duplicate
     assert duplicate_rate([image, other_image], score_threshold=0.5) == pytest.approx(1 / 6)
     assert math.isnan(duplicate_rate([detections([[0, 0, 1, 1]], [0.1], [0])], score_threshold=0.5))
