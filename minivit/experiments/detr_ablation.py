@@ -54,6 +54,7 @@ def run_one(placement: str, seed: int, steps: int, batch_size: int = 32, lr: flo
         started = time.perf_counter()
         curve.append({"step": step, "map50": evaluate_map(model, val_set.images, val_set.targets, 0.5),
                       "map75": evaluate_map(model, val_set.images, val_set.targets, 0.75)})
+        print(f"step {step}: held-out mAP@0.5 {curve[-1]['map50']:.3f}, mAP@0.75 {curve[-1]['map75']:.3f}", flush=True)
         model.train()
         eval_seconds += time.perf_counter() - started
 
