@@ -2,7 +2,12 @@
 
 * :func:`train_detr`: AdamW, gradient clipping, a learning-rate drop, the set criterion with
   auxiliary losses, a tqdm progress bar and optional snapshots during training;
-* :func:`predict` / :func:`detect`: outputs and thresholded detections for a stack of images;
+* :func:`predict` / :func:`detect`: outputs and thresholded detections for a stack of images,
+  optionally with non-maximum suppression (``nms_iou``);
+* :func:`duplicate_mask` / :func:`duplicate_rate`: which / how many confident detections repeat a
+  better one (what NMS removes);
+* :func:`evaluate_detections` / :func:`evaluate_decoder_layers`: mAP@0.5, mAP@0.75 and the duplicate
+  rate of the last decoder layer, or of every decoder layer's (auxiliary) output, with or without NMS;
 * :func:`average_precision`, :func:`mean_average_precision`: VOC/COCO-style all-point
   interpolated AP per class at one IoU threshold, averaged over the classes that have objects;
 * :func:`save_tiny_detr` / :func:`load_tiny_detr`: the checkpoint the course ships
@@ -11,11 +16,13 @@
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision
 from tqdm.auto import tqdm
 
 from minivit.boxes import box_cxcywh_to_xyxy, box_iou, check_boxes
@@ -131,24 +138,119 @@ def mean_average_precision(predictions: list[dict], targets: list[dict], iou_thr
 
 @torch.no_grad()
 def predict(model: DETR, images: torch.Tensor, batch_size: int = 256) -> dict[str, torch.Tensor]:
-    """The model's outputs for a stack of images (N, 3, H, W), in eval mode, batch by batch."""
+    """The model's outputs for a stack of images (N, 3, H, W), in eval mode, batch by batch:
+    ``pred_logits``, ``pred_boxes`` and, when the model has them, ``aux_outputs`` (one dict of
+    the same two per earlier decoder layer)."""
     check_finite_images(images)
     was_training = model.training
     model.eval()
     device = module_device(model)
-    logits, boxes = [], []
+    outputs = []
     for start in range(0, len(images), batch_size):
         out = model(to_float(images[start : start + batch_size]).to(device))
-        logits.append(out["pred_logits"].cpu())
-        boxes.append(out["pred_boxes"].cpu())
+        layers = [*out.get("aux_outputs", []), out]  # first decoder layer ... last
+        outputs.append([(layer["pred_logits"].cpu(), layer["pred_boxes"].cpu()) for layer in layers])
     model.train(was_training)
-    return {"pred_logits": torch.cat(logits), "pred_boxes": torch.cat(boxes)}
+    per_layer = [{"pred_logits": torch.cat([batch[i][0] for batch in outputs]),
+                  "pred_boxes": torch.cat([batch[i][1] for batch in outputs])} for i in range(len(outputs[0]))]
+    result = dict(per_layer[-1])
+    if len(per_layer) > 1:
+        result["aux_outputs"] = per_layer[:-1]
+    return result
 
 
-def detect(model: DETR, images: torch.Tensor, threshold: float = 0.5) -> list[dict]:
-    """Detections (``scores``, ``labels``, ``boxes`` xyxy pixels) for each of the images (N, 3, H, W)."""
+def decoder_layer_outputs(outputs: dict) -> list[dict]:
+    """Every decoder layer's predictions, first to last: the ``aux_outputs`` then the final ones."""
+    final = {"pred_logits": outputs["pred_logits"], "pred_boxes": outputs["pred_boxes"]}
+    return [*outputs.get("aux_outputs", []), final]
+
+
+def apply_nms(detections: list[dict], iou_threshold: float = 0.7) -> list[dict]:
+    """Per image and per class, drop every detection whose box has IoU > ``iou_threshold`` with a
+    higher-scored one (``torchvision.ops.batched_nms``); the kept ones stay in score order."""
+    if not 0.0 < iou_threshold <= 1.0:
+        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+    kept = []
+    for item in detections:
+        keep = torchvision.ops.batched_nms(item["boxes"].float(), item["scores"].float(), item["labels"],
+                                           iou_threshold)  # (K,) indices, highest score first
+        kept.append({key: value[keep] for key, value in item.items()})
+    return kept
+
+
+def detect(model: DETR, images: torch.Tensor, threshold: float = 0.5, nms_iou: float | None = None,
+           layer: int = -1) -> list[dict]:
+    """Detections (``scores``, ``labels``, ``boxes`` xyxy pixels) for each of the images (N, 3, H, W).
+
+    ``nms_iou``: also apply non-maximum suppression at this IoU (:func:`apply_nms`); DETR needs
+    none, which is the point of the set loss. ``layer``: which decoder layer's predictions
+    (-1: the last, the model's output; 0: the first auxiliary one).
+    """
+    layers = decoder_layer_outputs(predict(model, images))
+    if not -len(layers) <= layer < len(layers):
+        raise ValueError(f"layer must be in [-{len(layers)}, {len(layers)}) for this {len(layers)}-layer "
+                         f"decoder (with aux_loss=True), got {layer}")
     sizes = [tuple(images.shape[-2:])] * len(images)
-    return postprocess(predict(model, images), sizes, threshold)
+    detections = postprocess(layers[layer], sizes, threshold)
+    return apply_nms(detections, nms_iou) if nms_iou is not None else detections
+
+
+def duplicate_mask(detection: dict, iou_threshold: float = 0.7) -> torch.Tensor:
+    """(D,) bool: which of one image's detections have IoU > ``iou_threshold`` with a higher-scored
+    detection of the same class (``torchvision.ops.box_iou``)."""
+    boxes = detection["boxes"].reshape(-1, 4).float()
+    scores, labels = detection["scores"], detection["labels"]
+    iou = torchvision.ops.box_iou(boxes, boxes)  # (D, D)
+    better = scores[None, :] > scores[:, None]  # better[i, j]: j scored higher than i
+    same_class = labels[:, None] == labels[None, :]
+    return ((iou > iou_threshold) & better & same_class).any(dim=1)
+
+
+def duplicate_rate(detections: list[dict], iou_threshold: float = 0.7, score_threshold: float = 0.0) -> float:
+    """The fraction of detections scored above ``score_threshold`` whose box has IoU > ``iou_threshold``
+    with a higher-scored detection of the same class in the same image: the duplicates that NMS would
+    remove. ``detections``: per image ``{"boxes": (D, 4) xyxy, "scores": (D,), "labels": (D,)}``.
+    NaN when no detection is above the threshold."""
+    if not 0.0 <= iou_threshold <= 1.0:
+        raise ValueError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
+    _check_detections(detections, "detections", ("boxes", "scores", "labels"))
+    duplicates, total = 0, 0
+    for item in detections:
+        keep = item["scores"] > score_threshold
+        confident = {"boxes": item["boxes"].reshape(-1, 4)[keep], "scores": item["scores"][keep],
+                     "labels": item["labels"][keep]}
+        duplicates += int(duplicate_mask(confident, iou_threshold).sum())
+        total += int(keep.sum())
+    return duplicates / total if total else float("nan")
+
+
+def evaluate_detections(detections: list[dict], targets_xyxy: list[dict], score_threshold: float = 0.5,
+                        duplicate_iou: float = 0.7) -> dict[str, float]:
+    """``map50``, ``map75`` (every detection counts, ranked by score) and ``duplicate_rate`` (of the
+    detections above ``score_threshold``) of detections against targets in the same (pixel) units."""
+    return {
+        "map50": mean_average_precision(detections, targets_xyxy, 0.5),
+        "map75": mean_average_precision(detections, targets_xyxy, 0.75),
+        "duplicate_rate": duplicate_rate(detections, duplicate_iou, score_threshold),
+        "detections_per_image": sum(int((d["scores"] > score_threshold).sum()) for d in detections) / len(detections),
+    }
+
+
+def evaluate_decoder_layers(model: DETR, images: torch.Tensor, targets: list[dict], nms_iou: float | None = None,
+                            score_threshold: float = 0.5) -> list[dict[str, float]]:
+    """:func:`evaluate_detections` of each decoder layer's own predictions (its auxiliary output; the
+    last one is the model's output), first layer first, with NMS at ``nms_iou`` or without (None).
+    ``targets``: normalized cxcywh, as :func:`minivit.data.shapes.make_shapes` gives them."""
+    layers = decoder_layer_outputs(predict(model, images))
+    sizes = [tuple(images.shape[-2:])] * len(images)
+    pixels = targets_to_pixels(targets, tuple(images.shape[-2:]))
+    results = []
+    for outputs in layers:
+        detections = postprocess(outputs, sizes, threshold=0.0)
+        if nms_iou is not None:
+            detections = apply_nms(detections, nms_iou)
+        results.append(evaluate_detections(detections, pixels, score_threshold))
+    return results
 
 
 def targets_to_pixels(targets: list[dict], image_size: tuple[int, int]) -> list[dict]:
@@ -167,6 +269,22 @@ def evaluate_map(model: DETR, images: torch.Tensor, targets: list[dict], iou_thr
 # ----------------------------------------------------------------------------- training
 
 
+def lr_scheduler(optimizer, steps: int, schedule: str = "step", lr_drop: float = 0.75, warmup_steps: int = 0):
+    """The learning-rate schedule of :func:`train_detr`, stepped once per optimizer step."""
+    if schedule == "step" and warmup_steps == 0:  # the original recipe, exactly
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[int(lr_drop * steps)], gamma=0.1)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "step":
+            return 0.1 if step >= int(lr_drop * steps) else 1.0
+        progress = (step - warmup_steps) / max(steps - warmup_steps, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def train_detr(
     model: DETR,
     images: torch.Tensor,
@@ -177,6 +295,8 @@ def train_detr(
     weight_decay: float = 1e-4,
     grad_clip: float = 0.1,
     lr_drop: float = 0.75,
+    schedule: str = "step",
+    warmup_steps: int = 0,
     criterion: SetCriterion | None = None,
     seed: int = 0,
     callback: Callable[[int, DETR], None] | None = None,
@@ -186,8 +306,9 @@ def train_detr(
 ) -> list[dict]:
     """Train ``model`` for ``steps`` optimizer steps on random batches of (images, targets).
 
-    AdamW (``lr``, ``weight_decay``), gradient norm clipped to ``grad_clip``, the learning
-    rate divided by 10 after ``lr_drop`` of the steps; the loss is :class:`SetCriterion`
+    AdamW (``lr``, ``weight_decay``), gradient norm clipped to ``grad_clip``; ``schedule="step"``
+    divides the learning rate by 10 after ``lr_drop`` of the steps, ``"cosine"`` lowers it along a
+    half cosine to 0; ``warmup_steps`` first raise it linearly from 0. The loss is :class:`SetCriterion`
     (weights CE 1, L1 5, GIoU 2, no-object 0.1, auxiliary losses on every decoder layer).
     ``callback(step, model)`` runs before the first step and every ``callback_every`` steps
     (for snapshots). The model is moved to ``device`` (default: :func:`minivit.devices.get_device`)
@@ -198,13 +319,17 @@ def train_detr(
         raise ValueError(f"need as many targets as images (and at least one), got {len(images)} and {len(targets)}")
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
+    if schedule not in ("step", "cosine"):
+        raise ValueError(f"schedule must be 'step' or 'cosine', got {schedule!r}")
+    if not 0 <= warmup_steps < steps:
+        raise ValueError(f"warmup_steps must be in [0, steps={steps}), got {warmup_steps}")
     check_finite_images(images)  # once, here: a NaN pixel in a step would poison BatchNorm's statistics
     device = get_device(device)
     model.to(device)
     criterion = criterion if criterion is not None else SetCriterion(model.num_classes)
     criterion = criterion.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[int(lr_drop * steps)], gamma=0.1)
+    scheduler = lr_scheduler(optimizer, steps, schedule, lr_drop, warmup_steps)
     generator = torch.Generator().manual_seed(seed)
     images_on_device = images.to(device)  # (N, 3, H, W), moved once (uint8: a quarter of float's bytes)
     targets_on_device = [to_device(target, device) for target in targets]

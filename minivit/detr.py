@@ -7,7 +7,8 @@ The pieces, in the order an image meets them::
       -> input_proj (1x1 conv)                         (B, D, h, w)
       -> PositionEmbeddingSine (from the mask)         (B, D, h, w)
       -> DETRTransformer: post-norm encoder over the h*w tokens, decoder with Q object queries;
-         positions are added to queries and keys in *every* attention layer
+         positions are added to queries and keys in *every* attention layer (``position_placement``
+         "all", the official code; "decoder", "input" and "none" are the paper's Table 3 variants)
                                                        hs (layers, B, Q, D), one per decoder layer
       -> class_embed (Linear) / bbox_embed (3-layer MLP, sigmoid)
                                                        logits (B, Q, classes + 1), boxes (B, Q, 4) cxcywh in [0, 1]
@@ -305,14 +306,30 @@ class DETRDecoder(nn.Module):
         return torch.stack(intermediate), torch.stack(self_weights), torch.stack(cross_weights)
 
 
+#: Where the spatial positional encoding goes (the DETR paper's Table 3); the object queries
+#: (the decoder's learned output positions) go into every decoder attention in all of them.
+POSITION_PLACEMENTS = {
+    "all": "added to the queries and keys of every encoder self-attention and to the keys of every "
+           "decoder cross-attention (the official code; Table 3: 40.6 AP)",
+    "decoder": "only to the keys of every decoder cross-attention (Table 3: 39.3 AP)",
+    "input": "added once to the encoder's input tokens, in no attention (Table 3: 39.2 AP)",
+    "none": "nowhere: the transformer sees no spatial position (Table 3: 32.8 AP)",
+}
+
+
 class DETRTransformer(nn.Module):
     """DETR's encoder-decoder (the official ``Transformer`` with ``normalize_before=False``,
     ``return_intermediate_dec=True``): no final encoder norm; the decoder returns the
-    normalized output of every layer, for the auxiliary losses."""
+    normalized output of every layer, for the auxiliary losses. ``position_placement``: where the
+    spatial positions go, one of :data:`POSITION_PLACEMENTS` ("all" is the official code)."""
 
     def __init__(self, dim=256, num_heads=8, num_encoder_layers=6, num_decoder_layers=6, dim_feedforward=2048,
-                 dropout=0.1):
+                 dropout=0.1, position_placement: str = "all"):
         super().__init__()
+        if position_placement not in POSITION_PLACEMENTS:
+            raise ValueError(f"position_placement must be one of {', '.join(map(repr, POSITION_PLACEMENTS))}, "
+                             f"got {position_placement!r}")
+        self.position_placement = position_placement
         self.encoder = DETREncoder(num_encoder_layers, dim, num_heads, dim_feedforward, dropout)
         self.decoder = DETRDecoder(num_decoder_layers, dim, num_heads, dim_feedforward, dropout)
         for parameter in self.parameters():
@@ -329,9 +346,17 @@ class DETRTransformer(nn.Module):
         key_padding_mask = mask.flatten(1)  # (B, N)
         query_pos = query_embed[None].expand(batch, -1, -1)  # (B, Q, D)
 
-        memory, encoder_weights = self.encoder(src, pos, key_padding_mask, need_weights)  # (B, N, D)
+        encoder_pos = decoder_pos = pos
+        if self.position_placement != "all":  # zeros: adding them changes nothing, so the layers stay the same
+            encoder_pos = torch.zeros_like(pos)
+            decoder_pos = pos if self.position_placement == "decoder" else encoder_pos
+            if self.position_placement == "input":
+                src = src + pos  # once, before the first encoder layer: the values carry the positions too
+
+        memory, encoder_weights = self.encoder(src, encoder_pos, key_padding_mask, need_weights)  # (B, N, D)
         tgt = torch.zeros_like(query_pos)  # the decoder starts from zeros
-        hs, self_weights, cross_weights = self.decoder(tgt, memory, pos, query_pos, key_padding_mask, need_weights)
+        hs, self_weights, cross_weights = self.decoder(tgt, memory, decoder_pos, query_pos, key_padding_mask,
+                                                       need_weights)
         attention = {}
         if need_weights:
             attention = {
@@ -380,6 +405,9 @@ class DETRConfig(Config):
     dropout: float = probability(0.1, "dropout in the transformer")
     aux_loss: bool = setting(True, "also output the boxes of every earlier decoder layer", FLAG)
     position_embedding: str = setting("sine", "sine (fixed, from the mask) or learned", Choice(POSITION_EMBEDDINGS))
+    position_placement: str = setting("all", "where the spatial positions go: all attentions (official), decoder "
+                                      "cross-attention keys only, input (once, added to the encoder input) or none",
+                                      Choice(tuple(POSITION_PLACEMENTS)))
     backbone: str = setting("resnet50", "resnet50 (stride 32, frozen batch norm) or small_conv (stride 2^stages)",
                             Choice(BACKBONES))
     backbone_widths: tuple[int, ...] = setting((), "channels of each small_conv stage (empty for resnet50)",
@@ -418,6 +446,7 @@ class DETR(nn.Module):
         dropout: float = 0.1,
         aux_loss: bool = True,
         position_embedding: str = "sine",
+        position_placement: str = "all",
     ):
         super().__init__()
         if num_classes < 1 or num_queries < 1:
@@ -439,7 +468,7 @@ class DETR(nn.Module):
         else:
             self.position_embedding = PositionEmbeddingLearned(hidden_dim // 2)
         self.transformer = DETRTransformer(hidden_dim, num_heads, num_encoder_layers, num_decoder_layers,
-                                           dim_feedforward, dropout)
+                                           dim_feedforward, dropout, position_placement)
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.bbox_embed = MLPHead(hidden_dim, hidden_dim, 4, 3)
@@ -453,7 +482,7 @@ class DETR(nn.Module):
             backbone = SmallConvBackbone(config.backbone_widths)
         model = cls(backbone, config.num_classes, config.num_queries, config.hidden_dim, config.num_heads,
                     config.num_encoder_layers, config.num_decoder_layers, config.dim_feedforward, config.dropout,
-                    config.aux_loss, config.position_embedding)
+                    config.aux_loss, config.position_embedding, config.position_placement)
         model.config = config
         return model
 

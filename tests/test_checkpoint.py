@@ -257,8 +257,8 @@ def test_the_shipped_checkpoints_are_of_the_current_format_and_keep_every_record
     assert info["augment"] == {"crop_padding": 4, "flip": True, "trivial_augment": False, "trivial_group_size": 16}
     assert len(info["classes"]) == 10 and info["mean"].shape == (3,) and vit.config.dim == 128
     assert read_checkpoint(TINY_DETR_CHECKPOINT)["architecture"] == "detr"
-    assert detr_info["metrics"] == {"map50": 0.7853, "map75": 0.4855, "steps": 1500, "train_minutes": 6.13,
-                                    "profile": "cpu"}
+    assert detr_info["metrics"] == {"map50": 0.9247, "map75": 0.7328, "steps": 2500, "train_minutes": 10.21,
+                                    "profile": "cpu"}  # chapter 6's 2,500-step run (issue 14)
     assert detr_info["classes"] == ["square", "circle", "triangle"] and detr_info["image_size"] == 64
     assert detr.config == detr_info["config"] == DETRConfig(**{**TINY_DETR_DEFAULTS_BEFORE_V2, "num_classes": 3,
                                                                 "num_queries": 10, "hidden_dim": 64,

@@ -10,6 +10,7 @@ from torch import nn
 from minivit.detr import (
     DETR,
     OFFICIAL_DETR_R50_URL,
+    POSITION_PLACEMENTS,
     Backbone,
     DETRDecoder,
     DETRDecoderLayer,
@@ -387,6 +388,107 @@ def test_tiny_detr_trains_one_step():
     loss = outputs["pred_logits"].logsumexp(-1).mean() + outputs["aux_outputs"][0]["pred_boxes"].mean()
     loss.backward()
     assert model.query_embed.weight.grad is not None and model.backbone.layers[0][0].weight.grad is not None
+
+
+# ----------------------------------------------------------------------------- where the positions go (Table 3)
+
+
+def official_forward(model: DETR, images: torch.Tensor) -> torch.Tensor:
+    """The final logits computed layer by layer as the official code does: the spatial positions added to
+    the queries and keys of every encoder self-attention and to the keys of every decoder cross-attention."""
+    mask = torch.zeros(images.shape[0], *images.shape[-2:], dtype=torch.bool)
+    features, feature_mask = model.backbone(images, mask)
+    src = model.input_proj(features).flatten(2).transpose(1, 2)  # (B, N, D)
+    pos = model.position_embedding(feature_mask).flatten(2).transpose(1, 2)  # (B, N, D)
+    padding = feature_mask.flatten(1)
+    for layer in model.transformer.encoder.layers:
+        src, _ = layer(src, pos, padding)
+    query_pos = model.query_embed.weight[None].expand(images.shape[0], -1, -1)
+    tgt = torch.zeros_like(query_pos)
+    for layer in model.transformer.decoder.layers:
+        tgt, _, _ = layer(tgt, src, pos, query_pos, padding)
+    return model.class_embed(model.transformer.decoder.norm(tgt))
+
+
+@pytest.mark.parametrize("placement", sorted(POSITION_PLACEMENTS))
+def test_every_position_placement_builds_runs_and_trains(placement):
+    torch.manual_seed(0)
+    model = build_tiny_detr(num_classes=3, num_queries=6, position_placement=placement)
+    assert model.config.position_placement == placement == model.transformer.position_placement
+    outputs = model(torch.rand(2, 3, 64, 48))
+    assert outputs["pred_logits"].shape == (2, 6, 4) and outputs["pred_boxes"].shape == (2, 6, 4)
+    assert len(outputs["aux_outputs"]) == 1 and torch.isfinite(outputs["pred_boxes"]).all()
+    outputs["pred_boxes"].sum().backward()
+    assert model.query_embed.weight.grad.abs().sum() > 0
+
+
+def test_all_is_the_default_and_the_official_forward_bit_for_bit():
+    images = torch.rand(2, 3, 64, 64)
+    torch.manual_seed(3)
+    default = build_tiny_detr(num_classes=3).eval()
+    torch.manual_seed(3)
+    explicit = build_tiny_detr(num_classes=3, position_placement="all").eval()
+    assert default.config.position_placement == "all"
+    with torch.no_grad():
+        ours = default(images)["pred_logits"]
+        assert torch.equal(ours, explicit(images)["pred_logits"])
+        assert torch.equal(ours, official_forward(default, images))
+
+
+def _outputs_with_random_positions(model, images, seed):
+    """The outputs and the encoder's memory when the positional encoding is replaced by random numbers."""
+    generator = torch.Generator().manual_seed(seed)
+    original = model.position_embedding.forward
+    model.position_embedding.forward = lambda mask: torch.randn(original(mask).shape, generator=generator)
+    memory = []
+    handle = model.transformer.encoder.register_forward_hook(lambda module, inputs, output: memory.append(output[0]))
+    try:
+        with torch.no_grad():
+            return model(images), memory[0]
+    finally:
+        handle.remove()
+        model.position_embedding.forward = original
+
+
+@pytest.mark.parametrize("placement", sorted(POSITION_PLACEMENTS))
+def test_which_parts_depend_on_the_positional_encoding(placement):
+    torch.manual_seed(0)
+    model = build_tiny_detr(num_classes=3, position_placement=placement).eval()
+    images = torch.rand(2, 3, 64, 64)
+    (first, memory_first), (second, memory_second) = (_outputs_with_random_positions(model, images, seed)
+                                                      for seed in (1, 2))
+    encoder_sees_positions = placement in ("all", "input")
+    assert torch.equal(memory_first, memory_second) != encoder_sees_positions
+    outputs_equal = torch.equal(first["pred_logits"], second["pred_logits"])
+    assert outputs_equal == (placement == "none")  # "none": no trace of the positions anywhere
+    if placement == "none":
+        assert torch.equal(first["pred_boxes"], second["pred_boxes"])
+
+
+def test_bad_position_placement_is_named():
+    with pytest.raises(ValueError, match="position_placement"):
+        build_tiny_detr(position_placement="everywhere")
+
+
+def test_checkpoint_written_before_position_placement_loads(tmp_path):
+    from minivit.detection import load_tiny_detr, save_tiny_detr
+    from minivit.train.checkpoint import load_checkpoint
+
+    torch.manual_seed(0)
+    model = build_tiny_detr(num_classes=3).eval()
+    path = tmp_path / "old.pt"
+    save_tiny_detr(model, path, None, ("a", "b", "c"), image_size=64)
+    checkpoint = torch.load(path, weights_only=True)
+    del checkpoint["config"]["position_placement"]  # as written before the field existed
+    torch.save(checkpoint, path)
+    loaded, info = load_tiny_detr(path)
+    assert info["config"].position_placement == "all"
+    images = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(images)["pred_logits"], model(images)["pred_logits"])
+    load_checkpoint(path, build_tiny_detr(num_classes=3))  # into a model built today: the configs agree
+    with pytest.raises(ValueError, match="config"):
+        load_checkpoint(path, build_tiny_detr(num_classes=3, position_placement="none"))
 
 
 # ----------------------------------------------------------------------------- post-processing and bad input

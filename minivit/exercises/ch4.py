@@ -213,7 +213,7 @@ def my_smooth_targets(labels, num_classes, eps):
 """,
     hints=("Each row must still sum to 1. How much does the true class get in total?",
            "(1 - eps) * one_hot + eps / K: the true class gets 1 - eps + eps / K, every other class eps / K."),
-    checker=_check_smoothing, anchor="## 5. What does it get wrong",
+    checker=_check_smoothing, anchor="## 5. The shipped model",
     recognised=("eps / (K - 1) recipe", "rows do not sum to 1", "true class keeps 1"),
 )
 

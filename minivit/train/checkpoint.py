@@ -19,6 +19,7 @@ older formats load with a ``DeprecationWarning`` (:mod:`minivit.train.legacy`).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from collections.abc import Callable, Mapping
@@ -173,6 +174,9 @@ def check_fits(checkpoint: dict, model: nn.Module, path) -> None:
     and the same weight names and shapes."""
     architecture, config = describe_model(model)
     stored = checkpoint["architecture"], checkpoint["config"]
+    if stored[0] is not None and stored[1] is not None:  # fields added since it was written take their defaults
+        with contextlib.suppress(ValueError):
+            stored = stored[0], config_from_dict(*stored).to_dict()
     if architecture is not None and stored[0] is not None and stored != (architecture, config.to_dict()):
         raise ValueError(f"checkpoint {path} holds a {stored[0]} with config {stored[1]}, but the model is a "
                          f"{architecture} with config {config.to_dict()}; build the model from the checkpoint "
