@@ -31,7 +31,9 @@ class ReAttention(MultiHeadAttention):
 
     Same parameters as :class:`~minivit.attention.MultiHeadAttention` (``qkv``, ``proj``) plus
     ``theta`` and the norm's. Self-attention only. Returns ``(output (B, T, D), maps (B, H, T, T) or
-    None)``: the maps are the re-attention maps A' that weigh the values.
+    None)``: with ``reported_maps="mixed"`` (the default) the re-attention maps A' that weigh the
+    values, with ``"softmax"`` the softmax maps A before the mixing (comparable with a plain
+    attention layer's: a normalized A' has mean zero and is not a distribution).
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_dropout: float = 0.0,
@@ -41,6 +43,7 @@ class ReAttention(MultiHeadAttention):
             raise ValueError(f"norm must be one of {NORMS} (batch: BatchNorm2d over the heads, as DeepViT's code; "
                              f"layer: LayerNorm across the heads; none), got {norm!r}")
         self.norm_kind = norm
+        self.reported_maps = "mixed"  # or "softmax": which maps forward(need_weights=True) returns
         self.theta = nn.Parameter(torch.eye(num_heads))  # (H, H): theta[h, g] = weight of head h in new map g
         if norm == "batch":
             self.head_norm = nn.BatchNorm2d(num_heads)
@@ -72,11 +75,14 @@ class ReAttention(MultiHeadAttention):
         mask = merge_masks(attn_mask, key_padding_mask, tokens)
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-        attention = self.mix(scores.softmax(dim=-1))  # (B, H, T, T)
+        softmax = scores.softmax(dim=-1)  # (B, H, T, T)
+        attention = self.mix(softmax)  # (B, H, T, T)
         if self.training and self.attn_dropout > 0:
             attention = nn.functional.dropout(attention, self.attn_dropout)
         out = (attention @ v).transpose(1, 2).reshape(batch, tokens, self.dim)  # (B, H, T, d) -> (B, T, D)
-        return self.proj(out), attention if need_weights else None
+        if not need_weights:
+            return self.proj(out), None
+        return self.proj(out), softmax if self.reported_maps == "softmax" else attention
 
 
 def use_reattention(model: ViT, norm: str = "batch") -> ViT:
@@ -91,6 +97,16 @@ def use_reattention(model: ViT, norm: str = "batch") -> ViT:
         new = ReAttention(old.dim, old.num_heads, old.qkv.bias is not None, old.attn_dropout, norm)
         new.load_state_dict(old.state_dict(), strict=False)  # qkv and proj; theta and the norm are new
         block.attn = new.to(old.qkv.weight.device)
+    return model
+
+
+def report_maps(model: nn.Module, which: str) -> nn.Module:
+    """Make every :class:`ReAttention` of ``model`` report ``"mixed"`` (A') or ``"softmax"`` (A) maps."""
+    if which not in ("mixed", "softmax"):
+        raise ValueError(f"which must be 'mixed' (the re-attention maps) or 'softmax' (before mixing), got {which!r}")
+    for module in model.modules():
+        if isinstance(module, ReAttention):
+            module.reported_maps = which
     return model
 
 

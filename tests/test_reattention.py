@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from minivit.attention import MultiHeadAttention
-from minivit.reattention import ReAttention, reattention_vit, use_reattention
+from minivit.reattention import ReAttention, reattention_vit, report_maps, use_reattention
 from minivit.vit import ViT
 from minivit.viz import capture_attention, cross_layer_similarity
 
@@ -93,3 +93,18 @@ def test_reattention_vit_shapes_and_weights_kept():
     model.train()
     model(images).sum().backward()
     assert model.encoder.blocks[0].attn.theta.grad is not None
+
+
+def test_report_maps_switches_between_mixed_and_softmax_maps():
+    plain, re = pair("none", heads=2)
+    x = torch.randn(1, 5, 32)
+    with torch.no_grad():
+        re.theta.copy_(torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
+    softmax_maps = plain(x, need_weights=True)[1]
+    torch.testing.assert_close(re(x, need_weights=True)[1], softmax_maps.flip(1))
+    report_maps(torch.nn.Sequential(re), "softmax")
+    out, maps = re(x, need_weights=True)
+    torch.testing.assert_close(maps, softmax_maps)
+    torch.testing.assert_close(out, re(x)[0])  # the output does not depend on what is reported
+    with pytest.raises(ValueError, match="which must be"):
+        report_maps(re, "raw")
