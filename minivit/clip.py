@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minivit.data.shapes import COLOR_NAMES, SHAPE_CLASSES
-from minivit.devices import module_device
+from minivit.devices import get_device, module_device
 from minivit.transformer import Encoder
 from minivit.vit import ViT
 
@@ -192,15 +192,18 @@ class MiniCLIP(nn.Module):
 
 
 def train_clip(model: MiniCLIP, images: torch.Tensor, ids: torch.Tensor, steps: int, batch_size: int = 128,
-               lr: float = 2e-3, weight_decay: float = 0.05, seed: int = 0) -> dict[str, list[float]]:
+               lr: float = 2e-3, weight_decay: float = 0.05, seed: int = 0,
+               device: torch.device | str | None = None) -> dict[str, list[float]]:
     """Train on (image, caption ids) pairs with AdamW and a cosine schedule; returns per-step loss and temperature.
 
     ``images`` are normalized floats (N, 3, S, S); batches are drawn at random (with a seeded generator).
+    The model moves to ``device`` (default: :func:`minivit.devices.get_device`) and stays there.
     """
     if len(images) != len(ids) or len(images) < batch_size:
         raise ValueError(f"need as many images as captions and at least batch_size={batch_size}, got "
                          f"{len(images)} images and {len(ids)} captions")
-    device = module_device(model)
+    device = torch.device(device) if device is not None else get_device()
+    model.to(device)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
     other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
@@ -224,23 +227,31 @@ def train_clip(model: MiniCLIP, images: torch.Tensor, ids: torch.Tensor, steps: 
 
 
 @torch.no_grad()
-def class_embeddings(model: MiniCLIP, tokenizer: WordTokenizer, prompts: list[list[str]]) -> torch.Tensor:
-    """One unit vector per class (K, E) from its prompts (a list per class, averaged: prompt ensembling)."""
-    rows = []
-    for class_prompts in prompts:
-        ids = tokenizer.encode(class_prompts, model.text_encoder.max_length).to(module_device(model))
-        rows.append(F.normalize(model.encode_text(ids).mean(dim=0), dim=-1))
-    return torch.stack(rows)  # (K, E)
+def embed_images(model: MiniCLIP, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Unit image embeddings (N, E) on the CPU of normalized images (N, 3, S, S), wherever the model is."""
+    model.eval()
+    return torch.cat([model.encode_image(images[i:i + batch_size].to(module_device(model))).cpu()
+                      for i in range(0, len(images), batch_size)])
 
 
 @torch.no_grad()
+def embed_texts(model: MiniCLIP, ids: torch.Tensor) -> torch.Tensor:
+    """Unit text embeddings (N, E) on the CPU of token ids (N, L), wherever the model is."""
+    model.eval()
+    return model.encode_text(ids.to(module_device(model))).cpu()
+
+
+def class_embeddings(model: MiniCLIP, tokenizer: WordTokenizer, prompts: list[list[str]]) -> torch.Tensor:
+    """One unit vector per class (K, E) from its prompts (a list per class, averaged: prompt ensembling)."""
+    rows = [F.normalize(embed_texts(model, tokenizer.encode(class_prompts, model.text_encoder.max_length)).mean(0),
+                        dim=-1) for class_prompts in prompts]
+    return torch.stack(rows)  # (K, E)
+
+
 def zero_shot_logits(model: MiniCLIP, images: torch.Tensor, class_emb: torch.Tensor,
                      batch_size: int = 500) -> torch.Tensor:
     """Cosine similarities (N, K) of normalized images (N, 3, S, S) with the class embeddings (K, E)."""
-    model.eval()
-    out = [model.encode_image(images[i:i + batch_size].to(module_device(model))) @ class_emb.T
-           for i in range(0, len(images), batch_size)]
-    return torch.cat(out).cpu()
+    return embed_images(model, images, batch_size) @ class_emb.T
 
 
 @torch.no_grad()

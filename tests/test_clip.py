@@ -14,6 +14,8 @@ from minivit.clip import (
     caption_vocabulary,
     class_embeddings,
     clip_loss,
+    embed_images,
+    embed_texts,
     fit_linear_probe,
     image_features,
     train_clip,
@@ -111,7 +113,7 @@ def test_mini_clip_trains_and_clamps_the_temperature():
     assert model.logit_scale.exp().item() == pytest.approx(1 / 0.07)
     with torch.no_grad():
         model.logit_scale.fill_(10.0)
-    history = train_clip(model, data.images, ids, steps=3, batch_size=32)
+    history = train_clip(model, data.images, ids, steps=3, batch_size=32, device="cpu")
     assert len(history["loss"]) == len(history["temperature"]) == 3
     assert history["temperature"][0] == pytest.approx(0.01, rel=1e-2)  # clamped at a scale of 100
     assert model.logit_scale.item() <= MAX_LOGIT_SCALE + 1e-6
@@ -120,6 +122,10 @@ def test_mini_clip_trains_and_clamps_the_temperature():
     torch.testing.assert_close(classes.norm(dim=-1), torch.ones(2))
     assert zero_shot_logits(model, data.images[:5], classes).shape == (5, 2)
     assert image_features(model, data.images[:5]).shape == (5, 32)
+    images_emb, texts_emb = embed_images(model, data.images[:5], batch_size=2), embed_texts(model, ids[:5])
+    assert images_emb.shape == texts_emb.shape == (5, 16)
+    torch.testing.assert_close(zero_shot_logits(model, data.images[:5], texts_emb), images_emb @ texts_emb.T)
+    torch.testing.assert_close(images_emb.norm(dim=-1), torch.ones(5))
     with pytest.raises(ValueError, match="batch_size"):
         train_clip(model, data.images[:8], ids[:8], steps=1, batch_size=32)
 
