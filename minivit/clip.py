@@ -143,7 +143,7 @@ class TextTransformer(nn.Module):
         x = self.token_embed(ids) + self.pos_embed[:, :ids.shape[1]]  # (B, L, dim)
         may_attend = (ids != self.pad_id)[:, None, None, :]  # (B, 1, 1, L): no query attends to padding
         x = self.encoder(x, attn_mask=may_attend)  # (B, L, dim)
-        return self.proj(x[torch.arange(len(ids)), eos])  # (B, out_dim)
+        return self.proj(x[torch.arange(len(ids), device=ids.device), eos])  # (B, out_dim)
 
 
 def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:

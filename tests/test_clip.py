@@ -138,3 +138,21 @@ def test_linear_probe_separates_separable_features():
     assert (probe(features).argmax(1) == labels).all()
     with pytest.raises(ValueError, match="labels"):
         fit_linear_probe(features, labels[:5], 3)
+
+
+def test_mini_clip_on_an_accelerator_returns_cpu_results():
+    from minivit.testing import fake_accelerator
+
+    tokenizer = WordTokenizer()
+    data = make_shapes(32, image_size=16, seed=0, max_objects=2)
+    ids = tokenizer.encode([caption(t) for t in data.targets])
+    model = MiniCLIP(len(tokenizer), embed_dim=16, image_size=16, patch_size=4, dim=32, depth=1, text_dim=32,
+                     text_depth=1)
+    with fake_accelerator() as device:
+        history = train_clip(model, data.images, ids, steps=2, batch_size=16)  # images and ids stay on the CPU
+        assert next(model.parameters()).device == device and len(history["loss"]) == 2
+        classes = class_embeddings(model, tokenizer, [["a photo of a square"], ["a photo of a circle"]])
+        scores = zero_shot_logits(model, data.images[:4], classes)
+        features = image_features(model, data.images[:4])
+    assert classes.device.type == scores.device.type == features.device.type == "cpu"
+    assert scores.shape == (4, 2) and features.shape == (4, 32)

@@ -108,3 +108,16 @@ def test_report_maps_switches_between_mixed_and_softmax_maps():
     torch.testing.assert_close(out, re(x)[0])  # the output does not depend on what is reported
     with pytest.raises(ValueError, match="which must be"):
         report_maps(re, "raw")
+
+
+def test_reattention_vit_trains_through_fit_on_an_accelerator():
+    from minivit.reattention import reattention_vit
+    from minivit.testing import fake_accelerator
+    from minivit.train import TrainConfig, fit
+    from minivit.transfer import shapes_classification
+
+    data = shapes_classification(32, image_size=16, seed=0)
+    model = reattention_vit(image_size=16, patch_size=4, dim=32, depth=2, num_heads=4, mlp_dim=64, num_classes=3)
+    with fake_accelerator():
+        history = fit(model, data, data, TrainConfig(epochs=1, batch_size=16), progress=False)
+    assert history.epochs == 1
