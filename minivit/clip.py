@@ -58,7 +58,8 @@ def caption(target: dict, small_below: float = 0.27) -> str:
     sizes, 0.15 to 0.4, split in the middle).
     """
     if "colors" not in target:
-        raise ValueError("the target has no 'colors'; make it with minivit.data.shapes.make_shapes")
+        raise ValueError("the target has no 'colors'; make the images with "
+                         "minivit.data.shapes.make_shapes(..., record_colors=True)")
     labels, boxes, colors = target["labels"], target["boxes"], target["colors"]
     if len(labels) == 0:
         return f"{PREFIX} nothing"

@@ -36,12 +36,12 @@ def test_caption_from_labels_colours_and_positions():
     assert caption(below) == "a photo of a big blue triangle below a small red square"
     one = target([2], [red], [[0.5, 0.5, 0.16, 0.16]])
     assert caption(one) == "a photo of a small red triangle"
-    with pytest.raises(ValueError, match="colors"):
-        caption({"labels": torch.tensor([0]), "boxes": torch.zeros(1, 4)})
+    with pytest.raises(ValueError, match="record_colors=True"):
+        caption(make_shapes(1, image_size=32).targets[0])
 
 
 def test_captions_of_generated_shapes_match_their_targets():
-    data = make_shapes(30, image_size=32, seed=0, min_objects=1, max_objects=3)
+    data = make_shapes(30, image_size=32, seed=0, min_objects=1, max_objects=3, record_colors=True)
     vocabulary = set(caption_vocabulary())
     for item in data.targets:
         text = caption(item)
@@ -49,12 +49,13 @@ def test_captions_of_generated_shapes_match_their_targets():
         assert text.count(" a ") == len(item["labels"])  # "a photo of a ...": one "a" per shape after the first
         for color in item["colors"].tolist():
             assert COLOR_NAMES[color] in text
-    assert caption(data.targets[0]) == caption(make_shapes(1, image_size=32, seed=0, max_objects=3).targets[0])
+    again = make_shapes(1, image_size=32, seed=0, max_objects=3, record_colors=True)
+    assert caption(data.targets[0]) == caption(again.targets[0])
 
 
 def test_tokenizer_round_trip_and_errors():
     tokenizer = WordTokenizer()
-    texts = [caption(t) for t in make_shapes(20, image_size=32, seed=1, max_objects=2).targets]
+    texts = [caption(t) for t in make_shapes(20, image_size=32, seed=1, max_objects=2, record_colors=True).targets]
     ids = tokenizer.encode(texts, length=16)
     assert ids.shape == (20, 16) and ids.dtype == torch.int64
     assert tokenizer.decode(ids) == texts
@@ -106,7 +107,7 @@ def test_mini_clip_trains_and_clamps_the_temperature():
     torch.set_num_threads(1)
     torch.manual_seed(0)
     tokenizer = WordTokenizer()
-    data = make_shapes(64, image_size=16, seed=0, max_objects=2)
+    data = make_shapes(64, image_size=16, seed=0, max_objects=2, record_colors=True)
     ids = tokenizer.encode([caption(t) for t in data.targets])
     model = MiniCLIP(len(tokenizer), embed_dim=16, image_size=16, patch_size=4, dim=32, depth=1, text_dim=32,
                      text_depth=1)
@@ -144,7 +145,7 @@ def test_mini_clip_on_an_accelerator_returns_cpu_results():
     from minivit.testing import fake_accelerator
 
     tokenizer = WordTokenizer()
-    data = make_shapes(32, image_size=16, seed=0, max_objects=2)
+    data = make_shapes(32, image_size=16, seed=0, max_objects=2, record_colors=True)
     ids = tokenizer.encode([caption(t) for t in data.targets])
     model = MiniCLIP(len(tokenizer), embed_dim=16, image_size=16, patch_size=4, dim=32, depth=1, text_dim=32,
                      text_depth=1)
