@@ -11,6 +11,7 @@ model of the course (config dataclasses, ``build_model``). Each chapter adds a m
 5. ``minivit.boxes``, ``minivit.detr``: DETR
 6. ``minivit.matching``: Hungarian matching and the set loss
 7. ``minivit.viz``: attention maps
+9. ``minivit.transfer``, ``minivit.reattention``, ``minivit.clip``: fine-tuning, DeepViT's re-attention, a mini CLIP
 
 Across chapters 3, 5 and 7: ``minivit.photos`` (a real photo offline, ImageNet preprocessing,
 class names) and ``minivit.downloads`` (pretrained weights, or ``None`` and one line offline).

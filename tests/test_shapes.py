@@ -64,3 +64,15 @@ def test_uint8_and_collate():
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         make_shapes(2, **{"image_size": 32, **kwargs})
+
+
+def test_colors_name_the_colour_drawn():
+    from minivit.data.shapes import COLOR_NAMES, COLORS
+
+    data = make_shapes(20, image_size=32, seed=4, min_objects=1, max_objects=1, record_colors=True)
+    plain = make_shapes(20, image_size=32, seed=4, min_objects=1, max_objects=1)
+    assert torch.equal(plain.images, data.images) and set(plain.targets[0]) == {"labels", "boxes"}
+    for image, target in zip(data.images, data.targets):
+        (color,) = target["colors"].tolist()
+        cx, cy = (target["boxes"][0, :2] * 32).long().tolist()  # the box centre lies inside every shape
+        torch.testing.assert_close(image[:, cy, cx], torch.tensor(COLORS[COLOR_NAMES[color]]))

@@ -4,7 +4,8 @@ Each image shows a few filled shapes (square, circle, triangle: the classes) in 
 colors (not tied to the class), sizes and positions, on a dark noisy background; shapes may
 overlap a little (a later shape is drawn over an earlier one). Targets follow DETR:
 ``{"labels": (T,) int64, "boxes": (T, 4) normalized cxcywh}``, the boxes being the tight
-boxes of the drawn shapes. The same seed gives the same images, bit for bit.
+boxes of the drawn shapes; with ``record_colors=True`` also ``"colors"`` (T,) int64, indices into
+``COLOR_NAMES`` (chapter 9's captions). The same seed gives the same images, bit for bit.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ COLORS = {
     "magenta": (0.85, 0.3, 0.85),
     "cyan": (0.2, 0.85, 0.9),
 }
+COLOR_NAMES = tuple(COLORS)  # the index in a target's "colors"
 
 
 @dataclass
@@ -86,12 +88,14 @@ def make_shapes(
     max_overlap: float = 0.2,
     noise: float = 0.05,
     dtype: str = "float",
+    record_colors: bool = False,
 ) -> ShapesSet:
     """Generate ``num_images`` images of ``image_size`` pixels with ``min_objects``..``max_objects`` shapes.
 
     Sizes are fractions of the image side; a new shape is placed where its box overlaps
     every earlier box with IoU <= ``max_overlap`` (after 100 failed tries it is left out).
-    ``dtype``: ``"float"`` (values in [0, 1]) or ``"uint8"``.
+    ``dtype``: ``"float"`` (values in [0, 1]) or ``"uint8"``. ``record_colors``: add each shape's colour
+    index (into ``COLOR_NAMES``) to the targets as ``"colors"``; the images are the same either way.
     """
     if num_images < 0 or image_size < 8:
         raise ValueError(f"need num_images >= 0 and image_size >= 8, got {num_images} and {image_size}")
@@ -109,10 +113,11 @@ def make_shapes(
         background = rng.uniform(0.0, 0.25, size=3).astype(np.float32)
         image = np.broadcast_to(background[:, None, None], images.shape[1:]).copy()
         image += rng.normal(0.0, noise, size=image.shape).astype(np.float32)
-        boxes, labels = [], []
+        boxes, labels, colors = [], [], []
         for _ in range(rng.integers(min_objects, max_objects + 1)):
             label = int(rng.integers(len(SHAPE_CLASSES)))
-            color = palette[rng.integers(len(palette))]
+            color_index = int(rng.integers(len(palette)))
+            color = palette[color_index]
             for _try in range(100):
                 size = rng.uniform(min_size, max_size) * image_size
                 x0, y0 = rng.uniform(0, image_size - size, size=2)
@@ -127,9 +132,12 @@ def make_shapes(
             image[:, mask] = color[:, None]
             boxes.append(box)
             labels.append(label)
+            colors.append(color_index)
         images[index] = np.clip(image, 0.0, 1.0)
         xyxy = torch.tensor(np.array(boxes), dtype=torch.float32).reshape(-1, 4) / image_size
         targets.append({"labels": torch.tensor(labels, dtype=torch.int64), "boxes": box_xyxy_to_cxcywh(xyxy)})
+        if record_colors:
+            targets[-1]["colors"] = torch.tensor(colors, dtype=torch.int64)
     tensor = torch.from_numpy(images)
     if dtype == "uint8":
         tensor = (tensor * 255).round().to(torch.uint8)
