@@ -77,6 +77,11 @@ def _notebooks(root: Path) -> list[Path]:
     return sorted((root / "notebooks").glob("[0-9]*.ipynb"))
 
 
+def _solution_notebooks(root: Path) -> list[Path]:
+    """The exercises' solution notebooks: their setup cell names the repository too (no badge needed)."""
+    return sorted((root / "notebooks" / "solutions").glob("*.ipynb"))
+
+
 def _first_cell(cells: list[dict], cell_type: str) -> int | None:
     return next((i for i, cell in enumerate(cells) if cell.get("cell_type") == cell_type), None)
 
@@ -121,6 +126,12 @@ def find_mentions(root: str | Path) -> tuple[list[Mention], list[str]]:
                     badges.append(match.group("path"))
         if f"notebooks/{path.name}" not in badges:
             missing.append(f"{name}: its first markdown cell has no Colab badge for notebooks/{path.name}")
+    for path in _solution_notebooks(root):
+        for index, cell in enumerate(json.loads(path.read_text(encoding="utf-8"))["cells"]):
+            if cell.get("cell_type") == "code":
+                where = f"{path.relative_to(root).as_posix()} cell {index}"
+                mentions += [Mention(where, "COURSE_REPO", m.group("repo"))
+                             for m in COURSE_REPO_LINE.finditer(_source(cell))]
     readme = root / "README.md"
     readme_badges = set()
     if readme.is_file():
@@ -227,8 +238,8 @@ def set_repository(repository: str, root: str | Path | None = None) -> dict[str,
         raise ValueError(f"{repository!r} is not a GitHub owner/name such as 'someone/minivit'")
     root = Path(root) if root is not None else _require_root()
     changed = {}
-    for path in _notebooks(root):
-        changed[f"notebooks/{path.name}"] = _rewrite_notebook(path, repository)
+    for path in _notebooks(root) + _solution_notebooks(root):
+        changed[path.relative_to(root).as_posix()] = _rewrite_notebook(path, repository)
     if (root / "README.md").is_file():
         changed["README.md"] = _rewrite_text(root / "README.md", repository, [COLAB_URL, PIP_URL])
     if (root / "minivit" / "course.py").is_file():
