@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from minivit.devices import synchronize, timed
+from minivit.devices import cpu_threads, synchronize, timed
 
 
 def scaled_dot_product_attention(
@@ -223,6 +223,7 @@ def measure_attention_cost(
     repeats: int = 3,
     device: torch.device | str | None = None,
     max_bytes: float = 4e9,
+    threads: int | None = None,
 ) -> AttentionCost:
     """Time and peak memory of self-attention over ``seq_len`` tokens on random (B, H, N, d) inputs.
 
@@ -233,7 +234,8 @@ def measure_attention_cost(
     call allocated on top of its inputs: ``torch.cuda.max_memory_allocated`` on CUDA; elsewhere the
     peak of live tensors created op by op (scratch memory inside one fused kernel is not seen).
     The written-out path holds about three (B, H, N, N) fp32 tensors at once: a run that would need
-    more than ``max_bytes`` for them is refused before anything is allocated.
+    more than ``max_bytes`` for them is refused before anything is allocated. ``threads``: CPU
+    threads to time with (None: torch's setting; 1 gives steadier timings on a busy machine).
     """
     if seq_len < 1 or head_dim < 1 or num_heads < 1 or batch_size < 1 or repeats < 1:
         raise ValueError(
@@ -253,7 +255,7 @@ def measure_attention_cost(
             return F.scaled_dot_product_attention(q, k, v)
         return scaled_dot_product_attention(q, k, v)[0]
 
-    with torch.no_grad():
+    with torch.no_grad(), cpu_threads(threads if device.type == "cpu" else None):
         attend()  # warm-up
         synchronize(device)
         times = []

@@ -257,6 +257,22 @@ class Stopwatch:
 
 
 @contextlib.contextmanager
+def cpu_threads(count: int | None) -> Iterator[None]:
+    """Run the block with ``count`` threads in torch's CPU thread pool (None: as it is), then restore the
+    setting. One thread gives steadier timings on a busy machine, and is faster for tiny tensors (one
+    image, one map), where synchronizing the pool costs more than it saves."""
+    if count is not None and count < 1:
+        raise ValueError(f"count must be a number of threads >= 1 or None, got {count}")
+    previous = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
 def timed(device: str | torch.device | None = None) -> Iterator[Stopwatch]:
     """Time a block: ``with timed(device) as clock: ...``, then ``clock.seconds``.
 

@@ -1,6 +1,7 @@
 """``python -m minivit.evaluate``: a classifier checkpoint's CIFAR-10 test accuracy, re-measured.
 
     python -m minivit.evaluate                       # the small ViT shipped with minivit
+    python -m minivit.evaluate analysis --views 1    # the analysis ViT shipped with minivit (chapter 7)
     python -m minivit.evaluate runs/cpu/last.pt --views 1
 
 Loads the checkpoint (validated before anything is built), scores the full CIFAR-10 test split
@@ -14,7 +15,7 @@ import argparse
 from pathlib import Path
 
 from minivit.devices import choose_precision, get_device, to_device
-from minivit.train.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
+from minivit.train.checkpoint import SHIPPED_CIFAR_VITS, load_checkpoint
 from minivit.train.evaluate import evaluate
 
 VIEWS = {1: (False, 0), 2: (True, 0), 10: (True, 1)}  # views -> (tta_flip, tta_shift)
@@ -23,7 +24,8 @@ VIEWS = {1: (False, 0), 2: (True, 0), 10: (True, 1)}  # views -> (tta_flip, tta_
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m minivit.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", nargs="?", default=None,
-                        help="a classifier checkpoint (default: the small ViT shipped with minivit)")
+                        help="a classifier checkpoint's path, or the name of a ViT shipped with minivit: "
+                             f"{' or '.join(SHIPPED_CIFAR_VITS)} (default: small)")
     parser.add_argument("--views", type=int, choices=sorted(VIEWS), default=None,
                         help="test-time views per image: 1, 2 (with the mirror image) or 10 (mirror x 5 one-pixel "
                              "shifts); default: the views the checkpoint's run tested with")
@@ -40,6 +42,15 @@ def views_of(info: dict) -> int:
     return 10 if flip and shift else 2 if flip else 1
 
 
+def checkpoint_path(argument: str | None) -> Path:
+    """The file a ``checkpoint`` argument names: a shipped ViT's name (unless a file of that name exists) or a path."""
+    if argument is None:
+        return SHIPPED_CIFAR_VITS["small"]
+    if argument in SHIPPED_CIFAR_VITS and not Path(argument).exists():
+        return SHIPPED_CIFAR_VITS[argument]
+    return Path(argument)
+
+
 def main(argv: list[str] | None = None) -> float:
     """Parse the arguments, load and score; returns the accuracy."""
     from minivit.data import load_cifar10
@@ -48,7 +59,7 @@ def main(argv: list[str] | None = None) -> float:
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         parser.error(f"argument --limit: must be an integer >= 1, got {args.limit}")
-    path = Path(args.checkpoint) if args.checkpoint is not None else SHIPPED_CHECKPOINT
+    path = checkpoint_path(args.checkpoint)
     device = get_device(args.device)
     try:
         model, info = load_checkpoint(path)
@@ -63,7 +74,7 @@ def main(argv: list[str] | None = None) -> float:
     dtype = choose_precision(device, "auto").dtype
     _, accuracy = evaluate(to_device(model, device), test_set, mean, std, tta_flip=flip, tta_shift=shift,
                            amp_dtype=dtype, device=device)
-    shown = "the shipped checkpoint" if args.checkpoint is None else str(path)
+    shown = f"the shipped {path.stem}" if path in SHIPPED_CIFAR_VITS.values() else str(path)
     print(f"{shown}: {info['architecture']} {info['config']}")
     print(f"test accuracy {accuracy:.2%} on {len(test_set):,} images, {views} view(s) each, on {device}")
     print(f"data: {test_set.source}")

@@ -241,3 +241,31 @@ def test_chapter7_attention_capture_with_the_model_on_the_device():
         model = minivit.to_device(build_vit("vit_cifar_small"), device)
         logits, attention = capture_attention(model, images)
     assert logits.device.type == "cpu" and attention.shape == (4, 2, 4, 65, 65)
+
+
+def test_cpu_threads_sets_and_restores_the_thread_count_even_after_an_error():
+    from minivit.devices import cpu_threads
+
+    before = torch.get_num_threads()
+    with cpu_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError, match="inside"), cpu_threads(1):
+        raise RuntimeError("inside")
+    assert torch.get_num_threads() == before
+    with cpu_threads(None):
+        assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads >= 1 or None, got 0"), cpu_threads(0):
+        pass
+
+
+def test_measure_attention_cost_times_with_the_threads_asked_and_restores_them(monkeypatch):
+    import minivit.attention as attention
+
+    seen = []
+    real = attention.F.scaled_dot_product_attention
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention",
+                        lambda *a, **k: (seen.append(torch.get_num_threads()), real(*a, **k))[1])
+    before = torch.get_num_threads()
+    attention.measure_attention_cost(16, head_dim=8, repeats=2, threads=1)
+    assert seen and set(seen) == {1} and torch.get_num_threads() == before

@@ -1,5 +1,6 @@
 """``python -m minivit.evaluate``: re-measures a classifier checkpoint's test accuracy, with clear errors."""
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -72,3 +73,15 @@ def test_a_limit_below_one_is_an_argument_error(capsys):
     with pytest.raises(SystemExit):
         main(["--limit", "0"])
     assert "argument --limit: must be an integer >= 1, got 0" in capsys.readouterr().err
+
+
+def test_a_shipped_vits_name_selects_its_file_unless_a_file_of_that_name_exists(tmp_path, monkeypatch):
+    from minivit.evaluate import checkpoint_path
+    from minivit.train.checkpoint import SHIPPED_CIFAR_VITS
+
+    assert checkpoint_path(None) == SHIPPED_CIFAR_VITS["small"]
+    assert checkpoint_path("analysis") == SHIPPED_CIFAR_VITS["analysis"]
+    assert checkpoint_path("runs/x/last.pt") == Path("runs/x/last.pt")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "analysis").write_bytes(b"")
+    assert checkpoint_path("analysis") == Path("analysis")  # a file in the working folder wins

@@ -483,3 +483,27 @@ def test_detr_explorer_with_too_few_class_names_is_a_clear_error():
                             backbone_widths=(8, 16, 16, 16))
     with pytest.raises(ValueError, match="class_names has 2 names but the model predicts 3 classes"):
         viz.DETRAttentionExplorer(model, torch.rand(2, 3, 64, 64), ["square", "circle"], threshold=0.05)
+
+
+def test_mask_patches_zeroes_the_chosen_patches_and_nothing_else():
+    images = torch.ones(2, 3, 8, 8)
+    scores = torch.tensor([[[4.0, 3.0], [2.0, 1.0]], [[1.0, 2.0], [3.0, 4.0]]])  # (B, 2, 2) of 4-px patches
+    top = viz.mask_patches(images, scores, patch_size=4, count=1, which="top")
+    assert top[0, :, :4, :4].eq(0).all() and top[1, :, 4:, 4:].eq(0).all()
+    assert top.sum() == 2 * 3 * (64 - 16)  # one 4x4 patch per image and channel
+    bottom = viz.mask_patches(images, scores, patch_size=4, count=2, which="bottom")
+    assert bottom[0, :, 4:, :].eq(0).all() and bottom[0, :, :4, :].eq(1).all()
+    random = viz.mask_patches(images, scores, 4, 3, "random", torch.Generator().manual_seed(0))
+    assert (random[:, 0] == 0).flatten(1).sum(dim=1).tolist() == [48, 48]
+    assert viz.mask_patches(images, scores, 4, 0).equal(images)
+
+
+@pytest.mark.parametrize("shape, patch, count, which, message", [
+    ((2, 2, 2), 3, 1, "top", "does not tile 8x8"),
+    ((2, 2, 2), 4, 5, "top", "count must be between 0 and 4"),
+    ((2, 2, 2), 4, 1, "best", "which must be 'top', 'bottom' or 'random'"),
+    ((1, 2, 2), 4, 1, "top", "for the same B"),
+])
+def test_mask_patches_names_bad_arguments(shape, patch, count, which, message):
+    with pytest.raises(ValueError, match=message):
+        viz.mask_patches(torch.ones(2, 3, 8, 8), torch.ones(shape), patch, count, which)

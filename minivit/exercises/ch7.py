@@ -185,11 +185,12 @@ def my_mean_distance(attention, grid_size, patch_size):
 )
 
 ex4 = Exercise(
-    name="ex4", title="how far do the shipped ViT's heads look?", kind="experiment",
+    name="ex4", title="how far do the small ViT's heads look?", kind="experiment",
     prompt="""
-    Run the cell: it prints each head's mean attention distance for the shipped ViT on CIFAR-10 test images
-    (a JPEG q75 re-encoding of CIFAR-10), next to the distance of a head that attends uniformly to all
-    patches. In the ViT paper (ImageNet, 224 px) some early heads attend very locally. What do you see here?
+    Run the cell: it prints each head's mean attention distance for chapter 4's small ViT
+    (`load_pretrained_cifar_vit()`: 4 layers, 30 minutes of training on a CPU) on CIFAR-10 test images (a JPEG
+    q75 re-encoding of CIFAR-10), next to the distance of a head that attends uniformly to all patches. In the
+    ViT paper (ImageNet, 224 px) some early heads attend very locally. What do you see here?
 
     - **A** Every head, in every layer, is within about a quarter of the uniform head's distance: on 32 px
       images with 64 patches this small ViT looks almost globally from its first layer.

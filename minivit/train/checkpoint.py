@@ -37,7 +37,12 @@ from minivit.train.legacy import upgrade_legacy_checkpoint
 
 FORMAT = "minivit/2"
 MAX_MODEL_BYTES = 8 * 2**30  # ViT-L/16 is 1.2 GB, DETR-R50 0.17 GB
-SHIPPED_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "vit_cifar_small.pt"
+CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+# the CIFAR-10 ViTs shipped with minivit: "small", chapter 4's 30-minute `cpu` recipe (chapters 3, 4 and 7's
+# exercises), and "analysis", a deeper one trained for longer, which chapter 7 analyses
+SHIPPED_CIFAR_VITS = {"small": CHECKPOINT_DIR / "vit_cifar_small.pt",
+                      "analysis": CHECKPOINT_DIR / "vit_cifar_analysis.pt"}
+SHIPPED_CHECKPOINT = SHIPPED_CIFAR_VITS["small"]
 TRAINING_STATE_KEYS = ("model", "optimizer", "scheduler", "scaler", "rng", "ema_n_averaged")
 
 
@@ -235,9 +240,13 @@ def checkpoint_info(checkpoint: dict) -> dict:
     return info
 
 
-def load_pretrained_cifar_vit(map_location="cpu") -> tuple[nn.Module, dict]:
-    """The small CIFAR-10 ViT shipped with minivit (trained by chapter 4's ``cpu`` recipe): ``(model, info)``."""
-    if not SHIPPED_CHECKPOINT.is_file():
-        raise FileNotFoundError(f"the shipped checkpoint {SHIPPED_CHECKPOINT.name} is missing from the package; "
+def load_pretrained_cifar_vit(which: str = "small", map_location="cpu") -> tuple[nn.Module, dict]:
+    """A CIFAR-10 ViT shipped with minivit: ``(model, info)``. ``which``: ``"small"`` (chapter 4's ``cpu``
+    recipe) or ``"analysis"`` (deeper and trained longer: chapter 7); ``info["history"]`` holds its curves."""
+    if which not in SHIPPED_CIFAR_VITS:
+        raise ValueError(f"no shipped CIFAR-10 ViT called {which!r}; choose one of {sorted(SHIPPED_CIFAR_VITS)}")
+    path = SHIPPED_CIFAR_VITS[which]
+    if not path.is_file():
+        raise FileNotFoundError(f"the shipped checkpoint {path.name} is missing from the package; "
                                 f"reinstall minivit or train one with `python -m minivit.train`")
-    return load_checkpoint(SHIPPED_CHECKPOINT, map_location=map_location)
+    return load_checkpoint(path, map_location=map_location)

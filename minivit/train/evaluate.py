@@ -11,7 +11,7 @@ from torch import nn
 
 from minivit.data.augment import normalize, random_crop
 from minivit.data.cifar10 import ImageSet
-from minivit.devices import autocast
+from minivit.devices import autocast, module_device
 from minivit.train.distributed import rank_and_world_size
 
 
@@ -27,7 +27,7 @@ def predict(model: nn.Module, images: torch.Tensor, mean: torch.Tensor, std: tor
     """
     if tta_shift < 0:
         raise ValueError(f"tta_shift must be >= 0 pixels, got {tta_shift}")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = torch.device(device) if device is not None else module_device(model)
     shifts = [(0, 0)] + ([(dy, dx) for dy in (-tta_shift, tta_shift) for dx in (-tta_shift, tta_shift)]
                          if tta_shift else [])
     was_training = model.training

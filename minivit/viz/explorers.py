@@ -17,7 +17,7 @@ import torch
 
 from minivit.boxes import box_cxcywh_to_xyxy, denormalize_boxes
 from minivit.data.augment import to_float
-from minivit.devices import timed
+from minivit.devices import cpu_threads, timed
 from minivit.viz.maps import (
     attention_rollout_per_layer,
     capture_attention,
@@ -33,16 +33,10 @@ QUERY_CLASS_TOKEN, QUERY_POOLED, QUERY_PATCH = "class token", "mean of all token
 ALL_ABOVE_THRESHOLD = "all above threshold"
 
 
-@contextmanager
 def one_thread():
     """Run tiny tensor work (one image, one map) on one thread: for such small operations the
     thread pool's synchronization costs more than it saves (on a busy 2-core CPU, 40x more)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+    return cpu_threads(1)
 
 
 class AttentionExplorer:

@@ -7,7 +7,7 @@ N = gh * gw patches row by row), B images, Q object queries of DETR.
   the model's weight-returning path ``forward_with_attention`` (no hooks, no patching);
 * one query's map: :func:`query_maps`, :func:`classifier_maps`, :func:`upsample_maps`;
 * through depth: :func:`attention_rollout` (Abnar & Zuidema, 2020), :func:`cross_layer_similarity`
-  (attention collapse, DeepViT, Zhou et al. 2021);
+  (attention collapse, DeepViT, Zhou et al. 2021); :func:`mask_patches`, a deletion test of such maps;
 * the ViT paper's Fig. 7: :func:`mean_attention_distance` (right), :func:`position_embedding_similarity`
   (centre), :func:`patch_embedding_components` (left);
 * DETR: :func:`detr_encoder_attention_at`, :func:`detr_cross_attention_maps`.
@@ -151,6 +151,38 @@ def cross_layer_similarity(attention: torch.Tensor) -> torch.Tensor:
     columns = F.normalize(attention.transpose(-1, -2).float(), dim=-1)  # (L, [B,] H, T keys, T queries)
     columns = columns.reshape(columns.shape[0], -1, columns.shape[-1])  # (L, M, T): M = [B*]H*T columns
     return torch.einsum("pmt,qmt->pqm", columns, columns).mean(dim=-1)  # (L, L)
+
+
+def mask_patches(
+    images: torch.Tensor, patch_scores: torch.Tensor, patch_size: int, count: int, which: str = "top",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Images (B, C, H, W) with ``count`` patches per image set to zero: the ``"top"`` or ``"bottom"``
+    scoring ones of ``patch_scores`` (B, gh, gw) (e.g. the class token's rollout), or ``"random"`` ones.
+
+    A deletion test of a saliency map: if the map marks what the classifier uses, deleting its top
+    patches hurts the accuracy more than deleting random ones. Zero is the mean colour of normalized images.
+    """
+    if images.dim() != 4 or patch_scores.dim() != 3 or patch_scores.shape[0] != images.shape[0]:
+        raise ValueError(f"expected images (B, C, H, W) and patch_scores (B, gh, gw) for the same B, got "
+                         f"{tuple(images.shape)} and {tuple(patch_scores.shape)}")
+    grid_h, grid_w = patch_scores.shape[1:]
+    if (grid_h * patch_size, grid_w * patch_size) != tuple(images.shape[-2:]):
+        raise ValueError(f"a {grid_h}x{grid_w} grid of {patch_size}-px patches does not tile "
+                         f"{images.shape[-2]}x{images.shape[-1]} images")
+    if not 0 <= count <= grid_h * grid_w:
+        raise ValueError(f"count must be between 0 and {grid_h * grid_w} patches, got {count}")
+    flat = patch_scores.reshape(len(patch_scores), -1).float()  # (B, N)
+    if which == "random":
+        flat = torch.rand(flat.shape, generator=generator)
+    elif which == "bottom":
+        flat = -flat
+    elif which != "top":
+        raise ValueError(f"which must be 'top', 'bottom' or 'random', got {which!r}")
+    chosen = flat.topk(count, dim=-1).indices  # (B, count)
+    keep = torch.ones_like(flat).scatter_(1, chosen, 0.0).reshape(-1, 1, grid_h, grid_w)  # (B, 1, gh, gw)
+    keep = keep.repeat_interleave(patch_size, dim=-2).repeat_interleave(patch_size, dim=-1)  # (B, 1, H, W)
+    return images * keep.to(images)
 
 
 # ----------------------------------------------------------------------------- ViT paper, Fig. 7
