@@ -1,4 +1,4 @@
-"""Exercises with instant feedback, one module per chapter (``minivit.exercises.ch1`` ... ``ch7``).
+"""Exercises with instant feedback, one module per chapter (``minivit.exercises.ch1`` ... ``ch9``).
 
 In a notebook::
 
@@ -15,7 +15,7 @@ import importlib
 
 from minivit.exercises.base import Exercise, Result, Wrong
 
-CHAPTERS = tuple(range(1, 8))
+CHAPTERS = tuple(range(1, 10))
 
 
 def chapter(number: int):
