@@ -307,6 +307,81 @@ def _distance(mode):
     return fn
 
 
+def _relbias(mode):
+    def fn(table, m):
+        pos = torch.arange(m * m)
+        dy, dx = pos[:, None] // m - pos[None, :] // m, pos[:, None] % m - pos[None, :] % m
+        if mode == "reversed":
+            dy, dx = -dy, -dx
+        if mode == "swap":
+            dy, dx = dx, dy
+        out = table[(dy + m - 1) * (2 * m - 1) + (dx + m - 1)]  # (M*M, M*M, heads)
+        return out if mode == "last" else out.permute(2, 0, 1)
+    return fn
+
+
+def _cutmix(mode):
+    def fn(images, labels, box, perm, k):
+        t, left, b, r = box
+        if mode == "rowscols":
+            t, left, b, r = left, t, r, b
+        mixed = images[perm].clone() if mode == "reverse" else images if mode == "inplace" else images.clone()
+        source = images if mode == "reverse" else images[perm]
+        mixed[..., t:b, left:r] = source[..., t:b, left:r]
+        lam = 1 - (b - t) * (r - left) / (images.shape[-2] * images.shape[-1])
+        lam = 1 - lam if mode == "weights" else lam
+        one_hot = F.one_hot(labels, k).float()
+        return mixed, one_hot if mode == "onehot" else lam * one_hot + (1 - lam) * one_hot[perm]
+    return fn
+
+
+def _distill(mode):
+    def fn(cls, dist, targets, teacher):
+        hard = teacher.argmax(-1)
+        if mode == "soft":
+            return 0.5 * F.cross_entropy(cls, targets) + 0.5 * F.cross_entropy(dist, teacher.softmax(-1))
+        if mode == "swapped":
+            return 0.5 * F.cross_entropy(dist, targets) + 0.5 * F.cross_entropy(cls, hard)
+        return F.cross_entropy(cls, targets) + F.cross_entropy(dist, hard)
+    return fn
+
+
+def _resample(mode):
+    def fn(table, old, new, prefix):
+        patches, dim = table[:, prefix:], table.shape[-1]
+        if mode == "transposed":
+            image = patches.reshape(1, old[1], old[0], dim).permute(0, 3, 2, 1)
+        else:
+            image = patches.reshape(1, *old, dim).permute(0, 3, 1, 2)
+        image = F.interpolate(image, size=tuple(new), mode="bilinear" if mode == "bilinear" else "bicubic",
+                              align_corners=mode == "align")
+        image = image.permute(0, 3, 2, 1) if mode == "transposed" else image.permute(0, 2, 3, 1)
+        rows = image.reshape(1, -1, dim)
+        return rows if mode == "noprefix" else torch.cat([table[:, :prefix], rows], dim=1)
+    return fn
+
+
+def _infonce(mode):
+    def fn(img, txt, scale):
+        if mode != "raw":
+            img, txt = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
+        logits = (scale if mode == "noexp" else scale.exp()) * img @ txt.T
+        targets = torch.arange(len(logits))
+        one, other = F.cross_entropy(logits, targets), F.cross_entropy(logits.T, targets)
+        return {"one": one, "sum": one + other}.get(mode, (one + other) / 2)
+    return fn
+
+
+def _zero_shot(mode):
+    def fn(img, prompts):
+        if mode == "best":
+            return (img[:, None, None, :] * prompts[None]).sum(-1).amax(-1)
+        mean = prompts.mean(1)
+        logits = img @ mean.T if mode == "unnormalized" else img @ F.normalize(mean, dim=-1).T
+        return logits.T if mode == "transposed" else logits
+    return fn
+
+
 MISTAKES = {
     (1, "ex1"): [(_conv1d(flip=True), "kernel is flipped"), (_conv1d(stride_on=False), "stride is ignored"),
                  (_conv1d(pad_both=False), "padding only on the left"), (_conv1d(pad=False), "padding is missing")],
@@ -368,6 +443,25 @@ MISTAKES = {
     (7, "ex3"): [(_distance("patches"), "in patches"), (_distance("unnormalized"), "not renormalized"),
                  (_distance("sum"), "summed over the query")],
     (7, "ex4"): [("B", "none is under 5 px"), ("C", "not smaller"), ("D", "above 10 px")],
+    (8, "ex1"): [((2, 64, 49, 96), "one batch dimension"), ((128, 7, 7, 96), "flattened to M*M"),
+                 ((16, 49, 96), "8 x 8 of them"), ((2, 3136, 96), "before the cut"), ("128x49x96", "tuple of sizes")],
+    (8, "ex2"): [(_relbias("reversed"), "other way round"), (_relbias("swap"), "dy and dx are swapped"),
+                 (_relbias("last"), "heads must come first")],
+    (8, "ex3"): [("B", "none is near 80%"), ("C", "under 50%"), ("D", "above 20%")],
+    (8, "ex4"): [(_cutmix("reverse"), "the other way"), (_cutmix("rowscols"), "rows and columns are swapped"),
+                 (_cutmix("weights"), "label weights are swapped"), (_cutmix("onehot"), "one-hot"),
+                 (_cutmix("inplace"), "changed the input images")],
+    (8, "ex5"): [(_distill("soft"), "argmax (a hard label)"), (_distill("swapped"), "heads are swapped"),
+                 (_distill("sum"), "summed")],
+    (9, "ex1"): [((1, 576, 768), "class token's row is kept"), ((1, 197, 768), "table at 224 px"),
+                 ((1, 25, 768), "24 x 24"), ((1, 730, 768), "patches stay 16 px")],
+    (9, "ex2"): [(_resample("align"), "align_corners=True"), (_resample("bilinear"), "bilinearly"),
+                 (_resample("transposed"), "column by column"), (_resample("noprefix"), "wrong shape")],
+    (9, "ex3"): [("B", "far above it"), ("C", "far larger than 2 points"), ("D", "within a few points")],
+    (9, "ex4"): [(_infonce("one"), "only the image-to-text direction"), (_infonce("sum"), "summed"),
+                 (_infonce("raw"), "unit length"), (_infonce("noexp"), "logarithm")],
+    (9, "ex5"): [(_zero_shot("unnormalized"), "renormalize"), (_zero_shot("best"), "best prompt"),
+                 (_zero_shot("transposed"), "(N, K)")],
 }
 
 
@@ -502,6 +596,22 @@ def test_inserted_starters_run_unsolved(inserted, capsys, monkeypatch):
                     continue
                 exec(compile(source, "<starter>", "exec"), {})
                 assert "not attempted yet" in capsys.readouterr().out
+
+
+QUICK_EXPERIMENTS = [(n, ex) for n, ex in ALL if n in (8, 9) and ex.kind == "experiment"]
+
+
+@pytest.mark.parametrize(("number", "exercise"), QUICK_EXPERIMENTS,
+                         ids=[f"ch{n}-{ex.name}" for n, ex in QUICK_EXPERIMENTS])
+def test_quick_experiments_run_under_smoke_and_their_answer_follows(number, exercise, capsys, monkeypatch):
+    """Chapters 8 and 9's experiments take about a second under smoke: the starter prints its numbers, and
+    the reference letter passes on them."""
+    monkeypatch.setenv("MINIVIT_PROFILE", "smoke")
+    source = textwrap.dedent(exercise.starter).replace("answer = ...", exercise.solution_code.strip())
+    exec(compile(source, f"<ch{number} {exercise.name}>", "exec"), {})
+    out = capsys.readouterr().out
+    assert f"{exercise.name}: correct!" in out, out
+    assert "images of" in out  # the data copy is named beside the numbers
 
 
 def test_inserted_notebooks_lint(inserted):

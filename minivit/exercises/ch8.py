@@ -140,8 +140,8 @@ ex3 = Exercise(
     inside the patch's own 4 x 4 window of the 8 x 8 grid, averaged over patches and images, next to the
     share of a head that attends uniformly (16 of 64 patches). What do you see?
 
-    - **A** Every head keeps less than half of its attention inside its window, and no head is far from
-      the uniform head's share: 4 x 4 windows would cut away most of what this ViT attends to.
+    - **A** Every head keeps less than half of its attention inside its window (a uniform head: a quarter):
+      4 x 4 windows would cut away most of what this ViT attends to, in every layer.
     - **B** The first layer's heads keep over 80% inside their windows, the last layer's much less: early
       layers are local, as Swin assumes.
     - **C** Every head keeps over 90% inside its window: windows would lose almost nothing.
@@ -186,8 +186,8 @@ ex3 = Exercise(
     """,
     answer_name="answer",
     solution_code="answer = 'A'  # every printed share lies between about 22% and 41%, the uniform head's is 25%\n",
-    hints=("Compare the largest printed share with 50%, and all of them with the uniform head's 25%.",
-           "The printed shares lie between about 22% and 41%: under half, and within a factor of two of 25%."),
+    hints=("Compare the largest printed share with 50%, and layer 0's shares with 80%.",
+           "The printed shares lie between about 22% and 41%: all under half, in every layer."),
     checker=letter_checker("A", {
         "B": "look at layer 0's printed shares: none is near 80%",
         "C": "a share over 90% would print as 90% or more; the largest printed share is under 50%",
@@ -207,7 +207,8 @@ def _check_cutmix(fn) -> None:
         labels[1] = (labels[0] + 1) % classes  # at least two different labels
         perm = torch.roll(torch.arange(batch), 1)
         on = f"images {tuple(images.shape)}, box (top, left, bottom, right) = {box}, {classes} classes"
-        got = call(fn, images.clone(), labels.clone(), box, perm.clone(), classes, on=on)
+        given = images.clone()
+        got = call(fn, given, labels.clone(), box, perm.clone(), classes, on=on)
         if not isinstance(got, (tuple, list)) or len(got) != 2:
             raise Wrong(f"return a pair (mixed images, soft targets), got {type(got).__name__} (on {on})")
         mixed, targets = got
@@ -224,6 +225,8 @@ def _check_cutmix(fn) -> None:
             "(1 - the box's area)": lambda: mixed_targets(labels, perm, 1.0 - lam, classes),
             "the targets are one-hot: CutMix mixes the labels by the box's area": F.one_hot(labels, classes).float(),
         })
+        if not torch.equal(given, images):
+            raise Wrong(f"your function changed the input images; paste into a copy (images.clone()) (on {on})")
 
 
 def _paste(base: torch.Tensor, source: torch.Tensor, box) -> torch.Tensor:
