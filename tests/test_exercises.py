@@ -448,7 +448,7 @@ MISTAKES = {
     (8, "ex2"): [(_relbias("reversed"), "other way round"), (_relbias("swap"), "dy and dx are swapped"),
                  (_relbias("last"), "heads must come first")],
     (8, "ex3"): [("B", "none is near 80%"), ("C", "under 50%"), ("D", "above 20%")],
-    (8, "ex4"): [(_cutmix("reverse"), "the other way"), (_cutmix("rowscols"), "rows and columns are swapped"),
+    (8, "ex4"): [(_cutmix("reverse"), "wrong way round"), (_cutmix("rowscols"), "rows and columns are swapped"),
                  (_cutmix("weights"), "label weights are swapped"), (_cutmix("onehot"), "one-hot"),
                  (_cutmix("inplace"), "changed the input images")],
     (8, "ex5"): [(_distill("soft"), "argmax (a hard label)"), (_distill("swapped"), "heads are swapped"),

@@ -215,8 +215,8 @@ def _check_cutmix(fn) -> None:
         expected_images, expected_targets, lam = cutmix(images, labels, box, perm, classes)
         top, left, bottom, right = box
         compare(mixed, expected_images, on=on, what="the mixed images", wrong={
-            "the box goes the other way: image i keeps its own pixels outside the box and gets images[perm][i] "
-            "inside it": lambda: _paste(images[perm], images, box),
+            "the box goes the wrong way round: image i must keep its own pixels outside the box and get its "
+            "partner's, images[perm][i], inside it": lambda: _paste(images[perm], images, box),
             "rows and columns are swapped: the box is (top, left, bottom, right), rows top:bottom":
                 lambda: _paste(images, images[perm], (left, top, right, bottom)),
         })
