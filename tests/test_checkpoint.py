@@ -266,6 +266,32 @@ def test_the_shipped_checkpoints_are_of_the_current_format_and_keep_every_record
                                                                 "backbone_widths": (16, 32, 64)})
 
 
+ANALYSIS_COMMAND = ("python -m minivit.train --config vit_cifar_small --profile cpu "
+                    "--model '{\"depth\": 6, \"num_heads\": 8}' --time-budget 95 --trivial-augment --ema-decay 0.999 "
+                    "--progressive '[[16, 0.4], [24, 0.3], [32, 0.3]]' --eval-every 10 --out runs/analysis --no-resume "
+                    "--export runs/analysis/export.pt")
+ANALYSIS_EPOCHS, ANALYSIS_TEST_ACC = 56, 0.8018
+
+
+def test_the_shipped_analysis_vit_is_small_records_its_run_and_loads_by_name():
+    """Issue 14: chapter 7's analysis ViT, trained by `python -m minivit.train`, shipped with its history."""
+    from minivit.train.checkpoint import SHIPPED_CIFAR_VITS
+
+    path = SHIPPED_CIFAR_VITS["analysis"]
+    assert path.stat().st_size <= 10 * 2**20
+    vit, info = load_pretrained_cifar_vit("analysis")
+    assert read_checkpoint(path)["training"] is None and info["format"] == "minivit/2"
+    assert info["command"] == ANALYSIS_COMMAND
+    assert (vit.config.depth, vit.config.num_heads, vit.config.dim, vit.config.stem) == (6, 8, 128, "patch")
+    assert info["epoch"] == info["history"].epochs == ANALYSIS_EPOCHS
+    assert info["test_acc"] == pytest.approx(ANALYSIS_TEST_ACC, abs=5e-5)
+    assert info["history"].test_acc[-1] == pytest.approx(info["test_acc"])
+    assert info["train_config"]["ema_decay"] == 0.999 and info["augment"]["trivial_augment"] is True
+    assert info["data"].startswith("CIFAR-10 as JPEG image folder") and info["train_size"] == 50_000
+    with pytest.raises(ValueError, match=r"no shipped CIFAR-10 ViT called 'large'; choose one of \['analysis', "):
+        load_pretrained_cifar_vit("large")
+
+
 def test_a_text_file_as_a_checkpoint_names_the_file_and_the_fix(tmp_path):
     """Issue 13, findings 10/14: the message named the file but not what to do."""
     from minivit.train import load_checkpoint
