@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from minivit.attention import AttentionCost, measure_attention_cost
-from minivit.configs import FLAG, Config, ConfigError, Range, positive, probability, setting
+from minivit.configs import FLAG, ConfigError, Range, positive, probability, setting
 from minivit.transformer import EncoderBlock, drop_path_rates
-from minivit.vit import PatchEmbedding, _check_image_batch, _check_model_input
+from minivit.vit import PatchEmbedding, PatchTransformerConfig, _check_image_batch, _check_model_input
 
 
 def _check_grid(height: int, width: int, window: int) -> None:
@@ -161,13 +161,9 @@ class SwinBlock(EncoderBlock):
 
 
 @dataclass(frozen=True)
-class WindowViTConfig(Config):
+class WindowViTConfig(PatchTransformerConfig):
     """A single-stage Swin-style classifier: patches, blocks of (shifted-)window attention, mean pool, head."""
 
-    image_size: int = positive(32, "side of the (square) input images, pixels", sane_max=4096)
-    patch_size: int = positive(4, "side of a patch, pixels; image_size must be a multiple", sane_max=1024)
-    in_channels: int = positive(3, "channels of the input images", sane_max=64)
-    num_classes: int = positive(10, "outputs of the classification head", sane_max=100_000)
     dim: int = positive(128, "width D of every token", sane_max=16_384)
     depth: int = positive(4, "transformer blocks (odd-numbered ones shifted when shift is on)", sane_max=256)
     num_heads: int = positive(4, "attention heads per block; must divide dim", sane_max=256)
@@ -179,14 +175,10 @@ class WindowViTConfig(Config):
     norm_eps: float = setting(1e-6, "LayerNorm epsilon", Range(0, 1, low_open=True))
 
     def check_fields(self) -> None:
-        if self.image_size % self.patch_size:
-            raise ConfigError("patch_size", f"image_size={self.image_size} is not divisible by "
-                                            f"patch_size={self.patch_size}")
+        super().check_fields()
         grid = self.image_size // self.patch_size
         if grid % self.window:
             raise ConfigError("window", f"the {grid}x{grid} token grid is not divisible by window={self.window}")
-        if self.dim % self.num_heads:
-            raise ConfigError("num_heads", f"dim={self.dim} is not divisible by num_heads={self.num_heads}")
         if self.shift and self.window < 2:
             raise ConfigError("shift", "a shift needs window >= 2 (it moves the windows by window // 2)")
 

@@ -150,8 +150,8 @@ def sincos_2d_position_embedding(grid_h: int, grid_w: int, dim: int, base: float
 
 
 @dataclass(frozen=True)
-class ViTConfig(Config):
-    """Everything that defines a ViT's architecture (the weights aside); see ``minivit.models.MODEL_CONFIGS``."""
+class PatchTransformerConfig(Config):
+    """The fields every patch-based transformer classifier shares (ViT, chapter 8's WindowViT), and their rules."""
 
     image_size: int = positive(32, "side of the (square) input images, pixels", sane_max=4096)
     patch_size: int = positive(4, "side of a patch, pixels; image_size must be a multiple", sane_max=1024)
@@ -161,6 +161,20 @@ class ViTConfig(Config):
     depth: int = positive(6, "transformer blocks", sane_max=256)
     num_heads: int = positive(3, "attention heads per block; must divide dim", sane_max=256)
     mlp_dim: int = positive(384, "hidden width of each block's MLP", sane_max=65_536)
+
+    def check_fields(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ConfigError("patch_size", f"image_size={self.image_size} is not divisible by "
+                                            f"patch_size={self.patch_size}")
+        if self.dim % self.num_heads:
+            raise ConfigError("num_heads", f"dim={self.dim} is not divisible by num_heads={self.num_heads}; "
+                                           f"each head gets dim / num_heads channels")
+
+
+@dataclass(frozen=True)
+class ViTConfig(PatchTransformerConfig):
+    """Everything that defines a ViT's architecture (the weights aside); see ``minivit.models.MODEL_CONFIGS``."""
+
     dropout: float = probability(0.0, "dropout after the embeddings and in the MLPs")
     attn_dropout: float = probability(0.0, "dropout on the attention weights")
     pool: str = setting("cls", "logits from the class token (cls) or the mean of all tokens", Choice(POOLS))
@@ -176,12 +190,7 @@ class ViTConfig(Config):
                                   FLAG)
 
     def check_fields(self) -> None:
-        if self.image_size % self.patch_size:
-            raise ConfigError("patch_size", f"image_size={self.image_size} is not divisible by "
-                                            f"patch_size={self.patch_size}")
-        if self.dim % self.num_heads:
-            raise ConfigError("num_heads", f"dim={self.dim} is not divisible by num_heads={self.num_heads}; "
-                                           f"each head gets dim / num_heads channels")
+        super().check_fields()
         if self.pos_embed == "sincos2d" and self.dim % 4:
             raise ConfigError("dim", f"dim must be divisible by 4 for 2D sin-cos embeddings, got {self.dim}")
         if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
