@@ -53,9 +53,13 @@ MODEL_CONFIGS: dict[str, Config] = {
                           mlp_dim=3072),
     "vit_l_16": ViTConfig(image_size=224, patch_size=16, num_classes=1000, dim=1024, depth=24, num_heads=16,
                           mlp_dim=4096),
-    # chapter 4: the cpu recipe's model (0.55 M parameters; ~450 img/s training on a 2-core CPU) and the gpu one (3.7 M)
+    # chapter 4: the plain ViT of chapters 3 to 9 (0.55 M parameters) and the gpu recipe's (3.7 M)
     "vit_cifar_small": ViTConfig(image_size=32, patch_size=4, num_classes=10, dim=128, depth=4, num_heads=4,
                                  mlp_dim=256, dynamic_size=True),
+    # chapter 4: the cpu recipe's model, vit_cifar_small with three choices of later papers (chapter 3 builds each):
+    # tokens from a conv stem (Xiao et al. 2021), mean pooling and fixed 2D sin-cos positions (Beyer et al. 2022)
+    "vit_cifar_conv": ViTConfig(image_size=32, patch_size=4, num_classes=10, dim=128, depth=4, num_heads=4,
+                                mlp_dim=256, dynamic_size=True, stem="conv", pool="mean", pos_embed="sincos2d"),
     "vit_cifar_lite": ViTConfig(image_size=32, patch_size=4, num_classes=10, dim=256, depth=7, num_heads=4,
                                 mlp_dim=512, dynamic_size=True),
     # chapters 1 and 4: the CNN baseline (0.29 M parameters at width 32)

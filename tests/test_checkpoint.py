@@ -1,5 +1,6 @@
 """The one checkpoint format: round trips of every architecture, validation before building,
 no NaN written, the older formats (DeprecationWarning) and the shipped checkpoints."""
+import json
 import time
 import warnings
 
@@ -247,6 +248,8 @@ def test_the_shipped_checkpoints_are_of_the_current_format_and_keep_every_record
         vit, info = load_pretrained_cifar_vit()
         detr, detr_info = load_tiny_detr()
     assert info["format"] == "minivit/2" and read_checkpoint(SHIPPED_CHECKPOINT)["training"] is None
+    # the plain ViT of the `cpu` recipe before vit_cifar_conv (crop padding 4, a 27-minute budget: today's
+    # recipe reproduces it with --crop-padding 4 --time-budget 27 added)
     assert info["command"] == ("python -m minivit.train --config vit_cifar_small --profile cpu --out runs/prog7 "
                                "--no-resume --export runs/prog7/export.pt")
     assert info["test_acc"] == pytest.approx(0.7636) and info["hardware"] == "CPU, 2 cores, 2 threads"
@@ -290,6 +293,34 @@ def test_the_shipped_analysis_vit_is_small_records_its_run_and_loads_by_name():
     assert info["data"].startswith("CIFAR-10 as JPEG image folder") and info["train_size"] == 50_000
     with pytest.raises(ValueError, match=r"no shipped CIFAR-10 ViT called 'large'; choose one of \['analysis', "):
         load_pretrained_cifar_vit("large")
+
+
+RECIPE_COMMAND = "python -m minivit.train --profile cpu --out runs/conv1 --no-resume --export runs/conv1/export.pt"
+RECIPE_EPOCHS, RECIPE_TEST_ACC, RECIPE_WALL_SECONDS = 36, 0.8052, 1691.8
+
+
+def test_the_shipped_recipe_vit_is_the_cpu_recipes_default_command_and_reaches_80_percent():
+    """Issue 14: the `cpu` recipe's own run (its default command, nothing added), within 30 minutes."""
+    from minivit.models import MODEL_CONFIGS
+    from minivit.train.checkpoint import SHIPPED_CIFAR_VITS
+    from minivit.train.recipes import RECIPES
+
+    path = SHIPPED_CIFAR_VITS["conv"]
+    assert path.stat().st_size <= 10 * 2**20
+    vit, info = load_pretrained_cifar_vit("conv")
+    assert read_checkpoint(path)["training"] is None and info["format"] == "minivit/2"
+    assert info["command"] == RECIPE_COMMAND
+    recipe = RECIPES["cpu"]
+    assert vit.config == MODEL_CONFIGS[recipe.model] and recipe.model == "vit_cifar_conv"
+    assert (vit.config.stem, vit.config.pool, vit.config.pos_embed) == ("conv", "mean", "sincos2d")
+    expected = json.loads(json.dumps(recipe.train.replace(epochs=RECIPE_EPOCHS).to_dict()))  # tuples -> lists
+    assert info["train_config"] == {key: expected[key] for key in info["train_config"]}
+    assert info["augment"]["crop_padding"] == recipe.data.crop_padding == 2
+    assert info["epoch"] == info["history"].epochs == RECIPE_EPOCHS
+    assert info["test_acc"] == pytest.approx(RECIPE_TEST_ACC, abs=5e-5) and info["test_acc"] >= 0.80
+    assert info["wall_seconds"] == pytest.approx(RECIPE_WALL_SECONDS, abs=0.1) and info["wall_seconds"] < 30 * 60
+    assert info["hardware"] == "CPU, 2 cores, 2 threads" and info["train_size"] == 50_000
+    assert info["data"].startswith("CIFAR-10 as JPEG image folder")
 
 
 def test_a_text_file_as_a_checkpoint_names_the_file_and_the_fix(tmp_path):

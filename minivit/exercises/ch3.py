@@ -213,7 +213,7 @@ def _check_drop(fn) -> None:
 ex4 = Exercise(
     name="ex4", title="remove the position embeddings of the trained ViT", kind="experiment",
     prompt="""
-    The ViT that chapter 4 trains ships with the package. Write `my_accuracy_drop(model, images, labels)`: the
+    Chapter 4's plain ViT (`vit_cifar_small`) ships trained. Write `my_accuracy_drop(model, images, labels)`: the
     test accuracy lost, in percentage points, when the model's position embeddings (`model.pos_embed`) are
     set to zero; leave the model as you found it. Then run it on CIFAR-10 test images (the offline copy is a
     JPEG q75 re-encoding of CIFAR-10, so accuracies differ from the canonical set by about a point) and

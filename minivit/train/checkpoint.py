@@ -38,9 +38,11 @@ from minivit.train.legacy import upgrade_legacy_checkpoint
 FORMAT = "minivit/2"
 MAX_MODEL_BYTES = 8 * 2**30  # ViT-L/16 is 1.2 GB, DETR-R50 0.17 GB
 CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
-# the CIFAR-10 ViTs shipped with minivit: "small", chapter 4's 30-minute `cpu` recipe (chapters 3, 4 and 7's
-# exercises), and "analysis", a deeper one trained for longer, which chapter 7 analyses
+# the CIFAR-10 ViTs shipped with minivit: "conv", chapter 4's 30-minute `cpu` recipe (vit_cifar_conv); "small",
+# the plain vit_cifar_small of the recipe before it (chapters 3, 7 and 9 and their exercises take it apart); and
+# "analysis", a deeper plain ViT trained for longer, which chapter 7 analyses
 SHIPPED_CIFAR_VITS = {"small": CHECKPOINT_DIR / "vit_cifar_small.pt",
+                      "conv": CHECKPOINT_DIR / "vit_cifar_conv.pt",
                       "analysis": CHECKPOINT_DIR / "vit_cifar_analysis.pt"}
 SHIPPED_CHECKPOINT = SHIPPED_CIFAR_VITS["small"]
 TRAINING_STATE_KEYS = ("model", "optimizer", "scheduler", "scaler", "rng", "ema_n_averaged")
@@ -241,8 +243,10 @@ def checkpoint_info(checkpoint: dict) -> dict:
 
 
 def load_pretrained_cifar_vit(which: str = "small", map_location="cpu") -> tuple[nn.Module, dict]:
-    """A CIFAR-10 ViT shipped with minivit: ``(model, info)``. ``which``: ``"small"`` (chapter 4's ``cpu``
-    recipe) or ``"analysis"`` (deeper and trained longer: chapter 7); ``info["history"]`` holds its curves."""
+    """A CIFAR-10 ViT shipped with minivit: ``(model, info)``. ``which``: ``"conv"`` (chapter 4's ``cpu``
+    recipe: ``vit_cifar_conv``), ``"small"`` (the plain ``vit_cifar_small`` of the recipe before it, which
+    chapters 3, 7 and 9 take apart) or ``"analysis"`` (deeper and trained longer: chapter 7);
+    ``info["history"]`` holds its curves."""
     if which not in SHIPPED_CIFAR_VITS:
         raise ValueError(f"no shipped CIFAR-10 ViT called {which!r}; choose one of {sorted(SHIPPED_CIFAR_VITS)}")
     path = SHIPPED_CIFAR_VITS[which]
