@@ -28,7 +28,7 @@ RECIPES: dict[str, Recipe] = {
     # (36 tokens) epochs cost about 1/4 and 1/2 of a 32 px epoch (64 tokens), so the budget holds ~36 epochs
     # instead of ~18; crops padded by 2 pixels, not 4 (the model underfits in half an hour: 79.81 % against
     # 77.90 % with padding 4, with a 28- instead of a 27-minute budget);
-    # tested once, at the end, with 10 views per image (flips x 5 positions: +2.5 points over flips alone).
+    # tested once, at the end, with 10 views per image (flips x 5 positions: +2.1 points over one view).
     # Measured on a 2-core CPU: 80.52 % in 28.2 min (36 epochs; the shipped vit_cifar_conv.pt). Every step on
     # the way, from the plain vit_cifar_small's 76.36 %, is in docs/experiments.md
     "cpu": Recipe(
