@@ -269,6 +269,22 @@ def test_the_shipped_checkpoints_are_of_the_current_format_and_keep_every_record
                                                                 "backbone_widths": (16, 32, 64)})
 
 
+def _shipped_cifar_vit(which: str, command: str, epochs: int, test_acc: float):
+    """A shipped CIFAR-10 ViT, checked for what every one of them records: (model, info)."""
+    from minivit.train.checkpoint import SHIPPED_CIFAR_VITS
+
+    path = SHIPPED_CIFAR_VITS[which]
+    assert path.stat().st_size <= 10 * 2**20
+    vit, info = load_pretrained_cifar_vit(which)
+    assert read_checkpoint(path)["training"] is None and info["format"] == "minivit/2"
+    assert info["command"] == command
+    assert info["epoch"] == info["history"].epochs == epochs
+    assert info["test_acc"] == pytest.approx(test_acc, abs=5e-5)
+    assert info["history"].test_acc[-1] == pytest.approx(info["test_acc"])
+    assert info["data"].startswith("CIFAR-10 as JPEG image folder") and info["train_size"] == 50_000
+    return vit, info
+
+
 ANALYSIS_COMMAND = ("python -m minivit.train --config vit_cifar_small --profile cpu "
                     "--model '{\"depth\": 6, \"num_heads\": 8}' --time-budget 95 --trivial-augment --ema-decay 0.999 "
                     "--progressive '[[16, 0.4], [24, 0.3], [32, 0.3]]' --eval-every 10 --out runs/analysis --no-resume "
@@ -278,19 +294,9 @@ ANALYSIS_EPOCHS, ANALYSIS_TEST_ACC = 56, 0.8018
 
 def test_the_shipped_analysis_vit_is_small_records_its_run_and_loads_by_name():
     """Issue 14: chapter 7's analysis ViT, trained by `python -m minivit.train`, shipped with its history."""
-    from minivit.train.checkpoint import SHIPPED_CIFAR_VITS
-
-    path = SHIPPED_CIFAR_VITS["analysis"]
-    assert path.stat().st_size <= 10 * 2**20
-    vit, info = load_pretrained_cifar_vit("analysis")
-    assert read_checkpoint(path)["training"] is None and info["format"] == "minivit/2"
-    assert info["command"] == ANALYSIS_COMMAND
+    vit, info = _shipped_cifar_vit("analysis", ANALYSIS_COMMAND, ANALYSIS_EPOCHS, ANALYSIS_TEST_ACC)
     assert (vit.config.depth, vit.config.num_heads, vit.config.dim, vit.config.stem) == (6, 8, 128, "patch")
-    assert info["epoch"] == info["history"].epochs == ANALYSIS_EPOCHS
-    assert info["test_acc"] == pytest.approx(ANALYSIS_TEST_ACC, abs=5e-5)
-    assert info["history"].test_acc[-1] == pytest.approx(info["test_acc"])
     assert info["train_config"]["ema_decay"] == 0.999 and info["augment"]["trivial_augment"] is True
-    assert info["data"].startswith("CIFAR-10 as JPEG image folder") and info["train_size"] == 50_000
     with pytest.raises(ValueError, match=r"no shipped CIFAR-10 ViT called 'large'; choose one of \['analysis', "):
         load_pretrained_cifar_vit("large")
 
@@ -302,25 +308,18 @@ RECIPE_EPOCHS, RECIPE_TEST_ACC, RECIPE_WALL_SECONDS = 36, 0.8052, 1691.8
 def test_the_shipped_recipe_vit_is_the_cpu_recipes_default_command_and_reaches_80_percent():
     """Issue 14: the `cpu` recipe's own run (its default command, nothing added), within 30 minutes."""
     from minivit.models import MODEL_CONFIGS
-    from minivit.train.checkpoint import SHIPPED_CIFAR_VITS
     from minivit.train.recipes import RECIPES
 
-    path = SHIPPED_CIFAR_VITS["conv"]
-    assert path.stat().st_size <= 10 * 2**20
-    vit, info = load_pretrained_cifar_vit("conv")
-    assert read_checkpoint(path)["training"] is None and info["format"] == "minivit/2"
-    assert info["command"] == RECIPE_COMMAND
+    vit, info = _shipped_cifar_vit("conv", RECIPE_COMMAND, RECIPE_EPOCHS, RECIPE_TEST_ACC)
+    assert info["test_acc"] >= 0.80
     recipe = RECIPES["cpu"]
     assert vit.config == MODEL_CONFIGS[recipe.model] and recipe.model == "vit_cifar_conv"
     assert (vit.config.stem, vit.config.pool, vit.config.pos_embed) == ("conv", "mean", "sincos2d")
     expected = json.loads(json.dumps(recipe.train.replace(epochs=RECIPE_EPOCHS).to_dict()))  # tuples -> lists
     assert info["train_config"] == {key: expected[key] for key in info["train_config"]}
     assert info["augment"]["crop_padding"] == recipe.data.crop_padding == 2
-    assert info["epoch"] == info["history"].epochs == RECIPE_EPOCHS
-    assert info["test_acc"] == pytest.approx(RECIPE_TEST_ACC, abs=5e-5) and info["test_acc"] >= 0.80
     assert info["wall_seconds"] == pytest.approx(RECIPE_WALL_SECONDS, abs=0.1) and info["wall_seconds"] < 30 * 60
-    assert info["hardware"] == "CPU, 2 cores, 2 threads" and info["train_size"] == 50_000
-    assert info["data"].startswith("CIFAR-10 as JPEG image folder")
+    assert info["hardware"] == "CPU, 2 cores, 2 threads"
 
 
 def test_a_text_file_as_a_checkpoint_names_the_file_and_the_fix(tmp_path):
