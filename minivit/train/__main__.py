@@ -181,7 +181,8 @@ def main(argv: list[str] | None = None) -> History:
     if rank == 0:
         print(f"data: {train_set.source}", flush=True)
         params = sum(p.numel() for p in model.parameters())
-        print(f"{model_name} {model_overrides or ''} ({params / 1e6:.2f} M parameters), profile {profile}, "
+        named = f"{model_name} {model_overrides}" if model_overrides else model_name
+        print(f"{named} ({params / 1e6:.2f} M parameters), profile {profile}, "
               f"{world_size} process(es), {config}, {data}", flush=True)
     try:
         history = fit(model, train_set, test_set, config, augment=augment, checkpoint_dir=out,
